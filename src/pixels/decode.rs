@@ -1,0 +1,315 @@
+//! Decoders: source bytes → 8-bit pixels (`DynamicImage` in L8, LA8, RGB8 or RGBA8) plus the
+//! metadata the encoder may carry over. JPEG goes through libjpeg (mozjpeg's build) with
+//! DCT-domain downscaling; PNG, GIF, BMP, TIFF and ICO through the `image` crate with allocation
+//! limits; WebP through libwebp. Callers must have checked the header limits (`probe`) first;
+//! the limits here are a second line of defence, not the first.
+
+use std::io::Cursor;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use image::{DynamicImage, ImageDecoder, ImageFormat};
+
+use crate::format::Format;
+use crate::pixels::probe::SourceInfo;
+
+/// Why decoding failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("corrupt {0} data: {1}")]
+    Corrupt(Format, String),
+    #[error("decoding {0} is not supported")]
+    Unsupported(Format),
+}
+
+/// Decoded pixels and the metadata worth keeping.
+pub struct Decoded {
+    pub image: DynamicImage,
+    /// Embedded ICC profile, when the source had a complete one.
+    pub icc: Option<Vec<u8>>,
+    /// Raw EXIF (TIFF structure), when the source had one.
+    pub exif: Option<Vec<u8>>,
+}
+
+/// Largest allocation any decoder may make, beyond the header-checked pixel buffer.
+const MAX_DECODER_ALLOC: u64 = 1 << 30;
+
+/// Picks libjpeg's DCT scale denominator (1, 2, 4 or 8) for an overall shrink factor.
+///
+/// libjpeg's scaled IDCT is a real frequency-domain downscale, not a block average, but at 1/8
+/// it keeps only the DC coefficient. Leaving at least a factor of `margin` for the Lanczos pass
+/// keeps edges as sharp as a full decode would give (see `benches/pipeline.rs` for figures).
+pub fn jpeg_scale_denominator(shrink: f64, margin: f64) -> u32 {
+    [8u32, 4, 2]
+        .into_iter()
+        .find(|&d| shrink >= f64::from(d) * margin)
+        .unwrap_or(1)
+}
+
+/// Decodes `data` whose header facts are `info`. `jpeg_denominator` asks the JPEG decoder for
+/// a 1/n-scaled result.
+pub fn decode(
+    data: &[u8],
+    info: &SourceInfo,
+    jpeg_denominator: u32,
+) -> Result<Decoded, DecodeError> {
+    match info.format {
+        Format::Jpeg => decode_jpeg(data, info, jpeg_denominator),
+        Format::Webp => decode_webp(data, info),
+        Format::Png => decode_with_image(data, info, ImageFormat::Png),
+        Format::Gif => decode_with_image(data, info, ImageFormat::Gif),
+        Format::Bmp => decode_with_image(data, info, ImageFormat::Bmp),
+        Format::Tiff => decode_with_image(data, info, ImageFormat::Tiff),
+        Format::Ico => decode_with_image(data, info, ImageFormat::Ico),
+        other => Err(DecodeError::Unsupported(other)),
+    }
+}
+
+/// Reduces any decoded sample layout to the four 8-bit layouts the pipeline works in.
+pub fn to_8bit(img: DynamicImage) -> DynamicImage {
+    match img {
+        DynamicImage::ImageLuma8(_)
+        | DynamicImage::ImageLumaA8(_)
+        | DynamicImage::ImageRgb8(_)
+        | DynamicImage::ImageRgba8(_) => img,
+        DynamicImage::ImageLuma16(_) => DynamicImage::ImageLuma8(img.to_luma8()),
+        DynamicImage::ImageLumaA16(_) => DynamicImage::ImageLumaA8(img.to_luma_alpha8()),
+        ref i if i.color().has_alpha() => DynamicImage::ImageRgba8(img.to_rgba8()),
+        _ => DynamicImage::ImageRgb8(img.to_rgb8()),
+    }
+}
+
+fn decode_with_image(
+    data: &[u8],
+    info: &SourceInfo,
+    format: ImageFormat,
+) -> Result<Decoded, DecodeError> {
+    let corrupt = |e: image::ImageError| DecodeError::Corrupt(info.format, e.to_string());
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_DECODER_ALLOC);
+    // The header was checked against our limits; a decoder that finds a different size
+    // (a lying container) is refused rather than trusted.
+    limits.max_image_width = Some(info.width.max(1));
+    limits.max_image_height = Some(info.height.max(1));
+    let mut reader = image::ImageReader::with_format(Cursor::new(data), format);
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(corrupt)?;
+    let icc = decoder.icc_profile().ok().flatten();
+    let exif = decoder.exif_metadata().ok().flatten();
+    let image = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
+    Ok(Decoded {
+        image: to_8bit(image),
+        icc,
+        exif,
+    })
+}
+
+fn decode_jpeg(data: &[u8], info: &SourceInfo, denominator: u32) -> Result<Decoded, DecodeError> {
+    use mozjpeg::{ColorSpace, Marker};
+    let denominator = match denominator {
+        2 | 4 | 8 => denominator,
+        _ => 1,
+    };
+    let cmyk = info.cmyk;
+    let adobe = info.adobe;
+    // libjpeg reports fatal errors by unwinding out of the C code (mozjpeg's error manager);
+    // warnings (premature end, corrupt entropy data) are tolerated and decode to grey, as in
+    // libvips' default `fail_on = none`.
+    let result = catch_unwind(AssertUnwindSafe(|| -> std::io::Result<Decoded> {
+        let mut d = mozjpeg::Decompress::builder()
+            .with_markers(&[Marker::APP(1), Marker::APP(2)])
+            .from_mem(data)?;
+        d.scale((8 / denominator) as u8);
+        let mut exif = None;
+        let mut icc_chunks: Vec<(u8, u8, &[u8])> = Vec::new();
+        for m in d.markers() {
+            match m.marker {
+                Marker::APP(1) if exif.is_none() && m.data.starts_with(b"Exif\0\0") => {
+                    exif = Some(m.data[6..].to_vec());
+                }
+                Marker::APP(2) if m.data.len() > 14 && m.data.starts_with(b"ICC_PROFILE\0") => {
+                    icc_chunks.push((m.data[12], m.data[13], &m.data[14..]));
+                }
+                _ => {}
+            }
+        }
+        let icc = assemble_icc(icc_chunks);
+        let image = if cmyk {
+            let mut s = d.to_colorspace(ColorSpace::JCS_CMYK)?;
+            let (w, h) = (s.width() as u32, s.height() as u32);
+            let px: Vec<u8> = s.read_scanlines()?;
+            let _ = s.finish();
+            DynamicImage::ImageRgb8(cmyk_to_rgb(w, h, &px, adobe))
+        } else if d.color_space() == ColorSpace::JCS_GRAYSCALE {
+            let mut s = d.grayscale()?;
+            let (w, h) = (s.width() as u32, s.height() as u32);
+            let px: Vec<u8> = s.read_scanlines()?;
+            let _ = s.finish();
+            DynamicImage::ImageLuma8(
+                image::GrayImage::from_raw(w, h, px).ok_or(std::io::ErrorKind::InvalidData)?,
+            )
+        } else {
+            let mut s = d.rgb()?;
+            let (w, h) = (s.width() as u32, s.height() as u32);
+            let px: Vec<u8> = s.read_scanlines()?;
+            let _ = s.finish();
+            DynamicImage::ImageRgb8(
+                image::RgbImage::from_raw(w, h, px).ok_or(std::io::ErrorKind::InvalidData)?,
+            )
+        };
+        Ok(Decoded { image, icc, exif })
+    }));
+    match result {
+        Ok(Ok(d)) => Ok(d),
+        Ok(Err(e)) => Err(DecodeError::Corrupt(Format::Jpeg, e.to_string())),
+        Err(panic) => Err(DecodeError::Corrupt(Format::Jpeg, panic_message(&panic))),
+    }
+}
+
+/// Joins ICC_PROFILE APP2 chunks in sequence order; an incomplete or inconsistent set is
+/// dropped (the image is then treated as sRGB), never an error.
+fn assemble_icc(mut chunks: Vec<(u8, u8, &[u8])>) -> Option<Vec<u8>> {
+    let total = chunks.first()?.1;
+    if total == 0 || chunks.len() != usize::from(total) || chunks.iter().any(|c| c.1 != total) {
+        return None;
+    }
+    chunks.sort_by_key(|c| c.0);
+    if chunks
+        .iter()
+        .enumerate()
+        .any(|(i, c)| usize::from(c.0) != i + 1)
+    {
+        return None;
+    }
+    let profile: Vec<u8> = chunks.iter().flat_map(|c| c.2.iter().copied()).collect();
+    // An ICC profile starts with its own size and carries `acsp` at offset 36.
+    (profile.len() >= 128 && &profile[36..40] == b"acsp").then_some(profile)
+}
+
+/// Naive CMYK → RGB. Adobe writers store CMYK inverted (APP14); without colour management
+/// this matches what browsers and libjpeg-based tools show for untagged CMYK.
+fn cmyk_to_rgb(w: u32, h: u32, px: &[u8], adobe_inverted: bool) -> image::RgbImage {
+    let mut out = Vec::with_capacity(px.len() / 4 * 3);
+    for p in px.chunks_exact(4) {
+        let (c, m, y, k) = if adobe_inverted {
+            (p[0], p[1], p[2], p[3])
+        } else {
+            (255 - p[0], 255 - p[1], 255 - p[2], 255 - p[3])
+        };
+        // With inverted values, c = 255 - C, so R = 255 (1 - C)(1 - K) = c·k / 255.
+        let mul = |a: u8, b: u8| ((u16::from(a) * u16::from(b) + 127) / 255) as u8;
+        out.extend_from_slice(&[mul(c, k), mul(m, k), mul(y, k)]);
+    }
+    image::RgbImage::from_raw(w, h, out).unwrap_or_else(|| image::RgbImage::new(w, h))
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "decoder failure".into())
+}
+
+fn decode_webp(data: &[u8], info: &SourceInfo) -> Result<Decoded, DecodeError> {
+    let corrupt = |m: &str| DecodeError::Corrupt(Format::Webp, m.to_string());
+    let image = if info.frames > 1 {
+        first_webp_frame(data).ok_or_else(|| corrupt("undecodable animation frame"))?
+    } else {
+        let img = webp::Decoder::new(data)
+            .decode()
+            .ok_or_else(|| corrupt("undecodable bitstream"))?;
+        let (w, h) = (img.width(), img.height());
+        let px = img.to_vec();
+        if img.is_alpha() {
+            DynamicImage::ImageRgba8(
+                image::RgbaImage::from_raw(w, h, px).ok_or_else(|| corrupt("short buffer"))?,
+            )
+        } else {
+            DynamicImage::ImageRgb8(
+                image::RgbImage::from_raw(w, h, px).ok_or_else(|| corrupt("short buffer"))?,
+            )
+        }
+    };
+    Ok(Decoded {
+        image,
+        icc: webp_chunk(data, b"ICCP"),
+        exif: webp_chunk(data, b"EXIF"),
+    })
+}
+
+/// The first frame of an animated WebP, composited on its canvas.
+fn first_webp_frame(data: &[u8]) -> Option<DynamicImage> {
+    use libwebp_sys as sys;
+    // SAFETY: the decoder reads `data` only while it lives (deleted before return); the frame
+    // buffer it returns is owned by the decoder and copied out before deletion, with its length
+    // computed from the canvas size the decoder itself reports.
+    unsafe {
+        let mut opts: sys::WebPAnimDecoderOptions = std::mem::zeroed();
+        if sys::WebPAnimDecoderOptionsInit(&mut opts) == 0 {
+            return None;
+        }
+        opts.color_mode = sys::WEBP_CSP_MODE::MODE_RGBA;
+        opts.use_threads = 0;
+        let wd = sys::WebPData {
+            bytes: data.as_ptr(),
+            size: data.len(),
+        };
+        let dec = sys::WebPAnimDecoderNew(&wd, &opts);
+        if dec.is_null() {
+            return None;
+        }
+        let mut ai = sys::WebPAnimInfo::default();
+        let mut out = None;
+        if sys::WebPAnimDecoderGetInfo(dec, &mut ai) != 0 {
+            let mut buf: *mut u8 = std::ptr::null_mut();
+            let mut ts = 0;
+            if sys::WebPAnimDecoderGetNext(dec, &mut buf, &mut ts) != 0 && !buf.is_null() {
+                let len = ai.canvas_width as usize * ai.canvas_height as usize * 4;
+                let px = std::slice::from_raw_parts(buf, len).to_vec();
+                out = image::RgbaImage::from_raw(ai.canvas_width, ai.canvas_height, px)
+                    .map(DynamicImage::ImageRgba8);
+            }
+        }
+        sys::WebPAnimDecoderDelete(dec);
+        out
+    }
+}
+
+/// A top-level RIFF chunk's payload (ICCP, EXIF), bounded by the data.
+fn webp_chunk(d: &[u8], kind: &[u8; 4]) -> Option<Vec<u8>> {
+    let mut pos = 12;
+    while pos + 8 <= d.len() {
+        let len = u32::from_le_bytes([d[pos + 4], d[pos + 5], d[pos + 6], d[pos + 7]]) as usize;
+        let end = (pos + 8).checked_add(len)?;
+        if &d[pos..pos + 4] == kind {
+            return d.get(pos + 8..end).map(<[u8]>::to_vec);
+        }
+        pos = end + (len & 1);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dct_denominator_leaves_a_margin() {
+        assert_eq!(jpeg_scale_denominator(1.0, 1.5), 1);
+        assert_eq!(jpeg_scale_denominator(2.9, 1.5), 1);
+        assert_eq!(jpeg_scale_denominator(3.0, 1.5), 2);
+        assert_eq!(jpeg_scale_denominator(6.1, 1.5), 4);
+        assert_eq!(jpeg_scale_denominator(12.0, 1.5), 8);
+        assert_eq!(jpeg_scale_denominator(100.0, 1.0), 8);
+    }
+
+    #[test]
+    fn icc_chunks_must_be_complete() {
+        let mut p = vec![0u8; 200];
+        p[36..40].copy_from_slice(b"acsp");
+        assert!(assemble_icc(vec![(1, 1, &p[..])]).is_some());
+        assert!(assemble_icc(vec![(1, 255, &p[..])]).is_none());
+        assert!(assemble_icc(vec![(2, 2, &p[..100]), (1, 2, &p[100..])]).is_none());
+        let (a, b) = p.split_at(100);
+        assert_eq!(assemble_icc(vec![(2, 2, b), (1, 2, a)]), Some(p.clone()));
+    }
+}

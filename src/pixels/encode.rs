@@ -1,0 +1,282 @@
+//! Encoders: 8-bit pixels → bytes of the output format. JPEG through mozjpeg (trellis
+//! quantisation and optimised progressive scans by default: the smallest files at equal
+//! quality), WebP through libwebp, PNG/GIF/BMP/TIFF/ICO through the `image` crate. Metadata is
+//! never copied unless the caller passes it in.
+
+use std::io::Cursor;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use image::{DynamicImage, ExtendedColorType, ImageEncoder};
+
+use crate::format::Format;
+
+/// Why encoding failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EncodeError {
+    #[error("this build cannot write {0}")]
+    Unsupported(Format),
+    #[error("{0} encoder failed: {1}")]
+    Failed(Format, String),
+}
+
+/// Which JPEG encoder settings to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JpegMode {
+    /// mozjpeg's defaults: trellis quantisation, optimised progressive scans. About 18% smaller
+    /// than `Fast` at equal SSIMULACRA2, for about 1.6× the encode time.
+    #[default]
+    Small,
+    /// libjpeg-turbo-equivalent settings (baseline unless progressive is asked for, optimised
+    /// Huffman tables, no trellis): fastest.
+    Fast,
+}
+
+/// WebP compression mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WebpMode {
+    #[default]
+    Lossy,
+    Lossless,
+}
+
+/// Encoder settings that are server configuration rather than per-request options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncoderConfig {
+    pub jpeg_mode: JpegMode,
+    /// Progressive JPEG in `Fast` mode (`Small` is always progressive).
+    pub jpeg_progressive: bool,
+    pub webp_mode: WebpMode,
+    /// libwebp `method`, 0 (fast) ..= 6 (small).
+    pub webp_effort: u8,
+}
+
+impl Default for EncoderConfig {
+    fn default() -> Self {
+        EncoderConfig {
+            jpeg_mode: JpegMode::Small,
+            jpeg_progressive: false,
+            webp_mode: WebpMode::Lossy,
+            webp_effort: 4,
+        }
+    }
+}
+
+/// Metadata to embed in the output.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Metadata<'a> {
+    pub icc: Option<&'a [u8]>,
+    /// TIFF-structured EXIF (without the `Exif\0\0` prefix).
+    pub exif: Option<&'a [u8]>,
+}
+
+/// Whether this build can write `format`.
+pub fn can_write(format: Format) -> bool {
+    matches!(
+        format,
+        Format::Jpeg
+            | Format::Png
+            | Format::Webp
+            | Format::Gif
+            | Format::Bmp
+            | Format::Tiff
+            | Format::Ico
+    )
+}
+
+/// Encodes `img` as `format` at `quality` (1..=100; ignored by lossless formats).
+pub fn encode(
+    img: &DynamicImage,
+    format: Format,
+    quality: u8,
+    cfg: &EncoderConfig,
+    meta: Metadata<'_>,
+) -> Result<Vec<u8>, EncodeError> {
+    match format {
+        Format::Jpeg => encode_jpeg(img, quality, cfg, meta),
+        Format::Webp => encode_webp(img, quality, cfg, meta),
+        Format::Png => encode_png(img, meta),
+        Format::Gif | Format::Bmp | Format::Tiff | Format::Ico => encode_with_image(img, format),
+        other => Err(EncodeError::Unsupported(other)),
+    }
+}
+
+fn encode_jpeg(
+    img: &DynamicImage,
+    quality: u8,
+    cfg: &EncoderConfig,
+    meta: Metadata<'_>,
+) -> Result<Vec<u8>, EncodeError> {
+    use mozjpeg::{ColorSpace, Compress, Marker};
+    let gray;
+    let rgb;
+    let (cs, data) = match img {
+        DynamicImage::ImageLuma8(g) => (ColorSpace::JCS_GRAYSCALE, g.as_raw().as_slice()),
+        DynamicImage::ImageLumaA8(_) => {
+            gray = img.to_luma8();
+            (ColorSpace::JCS_GRAYSCALE, gray.as_raw().as_slice())
+        }
+        DynamicImage::ImageRgb8(i) => (ColorSpace::JCS_RGB, i.as_raw().as_slice()),
+        _ => {
+            rgb = img.to_rgb8();
+            (ColorSpace::JCS_RGB, rgb.as_raw().as_slice())
+        }
+    };
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let result = catch_unwind(AssertUnwindSafe(|| -> std::io::Result<Vec<u8>> {
+        let mut c = Compress::new(cs);
+        if cfg.jpeg_mode == JpegMode::Fast {
+            c.set_fastest_defaults();
+            c.set_optimize_coding(true);
+            if cfg.jpeg_progressive {
+                c.set_progressive_mode();
+            }
+        }
+        c.set_size(w, h);
+        c.set_quality(f32::from(quality.clamp(1, 100)));
+        let mut s = c.start_compress(Vec::with_capacity(w * h / 8 + 1024))?;
+        if let Some(exif) = meta.exif {
+            if exif.len() + 6 <= 65533 {
+                let mut seg = b"Exif\0\0".to_vec();
+                seg.extend_from_slice(exif);
+                s.write_marker(Marker::APP(1), &seg);
+            }
+        }
+        if let Some(icc) = meta.icc {
+            s.write_icc_profile(icc);
+        }
+        s.write_scanlines(data)?;
+        s.finish()
+    }));
+    match result {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(EncodeError::Failed(Format::Jpeg, e.to_string())),
+        Err(_) => Err(EncodeError::Failed(Format::Jpeg, "libjpeg error".into())),
+    }
+}
+
+fn encode_webp(
+    img: &DynamicImage,
+    quality: u8,
+    cfg: &EncoderConfig,
+    meta: Metadata<'_>,
+) -> Result<Vec<u8>, EncodeError> {
+    let fail = |m: String| EncodeError::Failed(Format::Webp, m);
+    let rgba;
+    let rgb;
+    let enc = if img.color().has_alpha() {
+        rgba = img.to_rgba8();
+        webp::Encoder::from_rgba(rgba.as_raw(), img.width(), img.height())
+    } else {
+        rgb = img.to_rgb8();
+        webp::Encoder::from_rgb(rgb.as_raw(), img.width(), img.height())
+    };
+    let mut wc = webp::WebPConfig::new().map_err(|_| fail("config".into()))?;
+    wc.quality = f32::from(quality.clamp(1, 100));
+    wc.method = i32::from(cfg.webp_effort.min(6));
+    wc.lossless = i32::from(cfg.webp_mode == WebpMode::Lossless);
+    let mem = enc
+        .encode_advanced(&wc)
+        .map_err(|e| fail(format!("{e:?}")))?;
+    let bytes = mem.to_vec();
+    match meta.icc {
+        Some(icc) => webp_with_icc(&bytes, icc).ok_or_else(|| fail("ICC muxing".into())),
+        None => Ok(bytes),
+    }
+}
+
+/// Adds an ICCP chunk (libwebp's mux builds the VP8X header the chunk needs).
+fn webp_with_icc(image: &[u8], icc: &[u8]) -> Option<Vec<u8>> {
+    use libwebp_sys as sys;
+    // SAFETY: the mux copies both inputs (copy_data = 1); the assembled buffer is libwebp-owned
+    // and freed with WebPDataClear after copying it out; the mux is deleted on every path.
+    unsafe {
+        let mux = sys::WebPMuxNew();
+        if mux.is_null() {
+            return None;
+        }
+        let img = sys::WebPData {
+            bytes: image.as_ptr(),
+            size: image.len(),
+        };
+        let prof = sys::WebPData {
+            bytes: icc.as_ptr(),
+            size: icc.len(),
+        };
+        let mut out = None;
+        if sys::WebPMuxSetImage(mux, &img, 1) == sys::WebPMuxError::WEBP_MUX_OK
+            && sys::WebPMuxSetChunk(mux, c"ICCP".as_ptr(), &prof, 1)
+                == sys::WebPMuxError::WEBP_MUX_OK
+        {
+            let mut asm = sys::WebPData {
+                bytes: std::ptr::null(),
+                size: 0,
+            };
+            if sys::WebPMuxAssemble(mux, &mut asm) == sys::WebPMuxError::WEBP_MUX_OK {
+                out = Some(std::slice::from_raw_parts(asm.bytes, asm.size).to_vec());
+                sys::WebPDataClear(&mut asm);
+            }
+        }
+        sys::WebPMuxDelete(mux);
+        out
+    }
+}
+
+fn color_type(img: &DynamicImage) -> ExtendedColorType {
+    img.color().into()
+}
+
+fn encode_png(img: &DynamicImage, meta: Metadata<'_>) -> Result<Vec<u8>, EncodeError> {
+    use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+    let mut out = Vec::new();
+    let mut enc =
+        PngEncoder::new_with_quality(&mut out, CompressionType::Default, FilterType::Adaptive);
+    if let Some(icc) = meta.icc {
+        // A profile the encoder rejects is dropped rather than failing the image.
+        let _ = enc.set_icc_profile(icc.to_vec());
+    }
+    enc.write_image(img.as_bytes(), img.width(), img.height(), color_type(img))
+        .map_err(|e| EncodeError::Failed(Format::Png, e.to_string()))?;
+    Ok(out)
+}
+
+fn encode_with_image(img: &DynamicImage, format: Format) -> Result<Vec<u8>, EncodeError> {
+    let fail = |e: image::ImageError| EncodeError::Failed(format, e.to_string());
+    let mut out = Cursor::new(Vec::new());
+    match format {
+        Format::Gif => {
+            let rgba = img.to_rgba8();
+            let mut enc = image::codecs::gif::GifEncoder::new_with_speed(&mut out, 10);
+            enc.encode_frame(image::Frame::new(rgba)).map_err(fail)?;
+        }
+        Format::Bmp => {
+            let rgb;
+            let (bytes, ct) = if matches!(img, DynamicImage::ImageLuma8(_)) {
+                (img.as_bytes(), ExtendedColorType::L8)
+            } else {
+                rgb = img.to_rgb8();
+                (rgb.as_raw().as_slice(), ExtendedColorType::Rgb8)
+            };
+            image::codecs::bmp::BmpEncoder::new(&mut out)
+                .write_image(bytes, img.width(), img.height(), ct)
+                .map_err(fail)?;
+        }
+        Format::Tiff => {
+            image::codecs::tiff::TiffEncoder::new(&mut out)
+                .write_image(img.as_bytes(), img.width(), img.height(), color_type(img))
+                .map_err(fail)?;
+        }
+        Format::Ico => {
+            let rgba = img.to_rgba8();
+            image::codecs::ico::IcoEncoder::new(&mut out)
+                .write_image(
+                    rgba.as_raw(),
+                    img.width(),
+                    img.height(),
+                    ExtendedColorType::Rgba8,
+                )
+                .map_err(fail)?;
+        }
+        other => return Err(EncodeError::Unsupported(other)),
+    }
+    Ok(out.into_inner())
+}
