@@ -445,8 +445,13 @@ pub fn build(
         0 => format_max,
         m => m.min(format_max),
     };
-    let (ow, oh) = out_size(&sizes, o, dpr);
-    if ow > u64::from(max_dim) || oh > u64::from(max_dim) {
+    // imgproxy rescales once; with asymmetric zoom or fill-down the recomputed sizes can still
+    // overshoot, so repeat (each round shrinks by at least the overshoot).
+    for _ in 0..4 {
+        let (ow, oh) = out_size(&sizes, o, dpr);
+        if ow <= u64::from(max_dim) && oh <= u64::from(max_dim) {
+            break;
+        }
         let down = f64::from(max_dim) / ow.max(oh) as f64;
         wscale *= down;
         hscale *= down;
