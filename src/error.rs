@@ -39,6 +39,7 @@ impl Error {
                 PixelError::Probe(ProbeError::Empty) => "empty-source",
                 PixelError::Probe(ProbeError::NotAnImage) => "not-an-image",
                 PixelError::Probe(ProbeError::Corrupt(..)) => "corrupt-image",
+                PixelError::Probe(ProbeError::Unsupported(..)) => "unsupported-source-format",
                 PixelError::SourceTooManyPixels { .. } => "source-resolution-too-large",
                 PixelError::SourceTooManyBytes { .. } => "source-file-too-large",
                 PixelError::UnsupportedOption(_) => "unsupported-option",

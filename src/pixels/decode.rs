@@ -56,7 +56,7 @@ pub fn decode(
         Format::Jpeg => decode_jpeg(data, info, jpeg_denominator),
         Format::Webp => decode_webp(data, info),
         Format::Png => decode_with_image(data, info, ImageFormat::Png),
-        Format::Gif => decode_with_image(data, info, ImageFormat::Gif),
+        Format::Gif => decode_gif(data, info),
         Format::Bmp => decode_with_image(data, info, ImageFormat::Bmp),
         Format::Tiff => decode_with_image(data, info, ImageFormat::Tiff),
         Format::Ico => decode_with_image(data, info, ImageFormat::Ico),
@@ -111,11 +111,15 @@ fn decode_jpeg(data: &[u8], info: &SourceInfo, denominator: u32) -> Result<Decod
     };
     let cmyk = info.cmyk;
     let adobe = info.adobe;
-    // libjpeg reports fatal errors by unwinding out of the C code (mozjpeg's error manager);
-    // warnings (premature end, corrupt entropy data) are tolerated and decode to grey, as in
-    // libvips' default `fail_on = none`.
+    TRUNCATED_SCAN.set(false);
+    // Fatal libjpeg errors unwind out of the C code (see `jpeg_error_mgr`). Warnings about
+    // corrupt entropy data are tolerated (libjpeg substitutes), but data that ends inside a
+    // scan is refused: a grey-filled image cached for a year is worse than a 422 that the
+    // next request (after the upload finished) gets right. A missing EOI after complete scans
+    // is fine.
     let result = catch_unwind(AssertUnwindSafe(|| -> std::io::Result<Decoded> {
         let mut d = mozjpeg::Decompress::builder()
+            .with_err(jpeg_error_mgr())
             .with_markers(&[Marker::APP(1), Marker::APP(2)])
             .from_mem(data)?;
         d.scale((8 / denominator) as u8);
@@ -158,11 +162,113 @@ fn decode_jpeg(data: &[u8], info: &SourceInfo, denominator: u32) -> Result<Decod
         };
         Ok(Decoded { image, icc, exif })
     }));
+    if TRUNCATED_SCAN.get() {
+        return Err(DecodeError::Corrupt(
+            Format::Jpeg,
+            "data ends inside a scan".into(),
+        ));
+    }
     match result {
         Ok(Ok(d)) => Ok(d),
         Ok(Err(e)) => Err(DecodeError::Corrupt(Format::Jpeg, e.to_string())),
         Err(panic) => Err(DecodeError::Corrupt(Format::Jpeg, panic_message(&panic))),
     }
+}
+
+thread_local! {
+    /// Set by the libjpeg warning hook when the data ran out inside a scan.
+    static TRUNCATED_SCAN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn jpeg_error_mgr() -> mozjpeg_sys::jpeg_error_mgr {
+    use mozjpeg_sys as sys;
+    // SAFETY: jpeg_std_error fills every field of a zeroed manager with libjpeg's defaults
+    // (static message tables); we then replace the two hooks.
+    let mut err: sys::jpeg_error_mgr = unsafe { std::mem::zeroed() };
+    unsafe { sys::jpeg_std_error(&mut err) };
+    err.error_exit = Some(jpeg_error_exit);
+    err.emit_message = Some(jpeg_emit_message);
+    err
+}
+
+extern "C-unwind" fn jpeg_error_exit(cinfo: &mut mozjpeg_sys::jpeg_common_struct) {
+    // SAFETY: libjpeg always sets `err` before it can report an error.
+    let code = unsafe { cinfo.err.as_ref() }.map_or(-1, |e| e.msg_code);
+    let msg = match code {
+        // JERR_BAD_PRECISION and friends: the format is fine, this build does not read it.
+        16 => "unsupported data precision".to_string(),
+        _ => format!("libjpeg error {code}"),
+    };
+    std::panic::resume_unwind(Box::new(msg));
+}
+
+extern "C-unwind" fn jpeg_emit_message(cinfo: &mut mozjpeg_sys::jpeg_common_struct, level: i32) {
+    // SAFETY: `err` is set (see above); a decompressor's common struct is the first field of
+    // its `jpeg_decompress_struct`, so the cast reads the object libjpeg is working on.
+    let code = unsafe { cinfo.err.as_ref() }.map_or(-1, |e| e.msg_code);
+    if level != -1 || code != mozjpeg_sys::JWRN_JPEG_EOF as i32 || cinfo.is_decompressor == 0 {
+        return;
+    }
+    let state = cinfo.global_state;
+    let d = unsafe { &*(cinfo as *mut _ as *const mozjpeg_sys::jpeg_decompress_struct) };
+    let max_v = if d.comp_info.is_null() {
+        1
+    } else {
+        // SAFETY: comp_info holds num_components entries once the header is read.
+        let comps = unsafe { std::slice::from_raw_parts(d.comp_info, d.num_components as usize) };
+        comps
+            .iter()
+            .map(|c| c.v_samp_factor)
+            .max()
+            .unwrap_or(1)
+            .max(1) as u32
+    };
+    let total_rows = d.image_height.div_ceil(8 * max_v);
+    // The Huffman decoder reads ahead while decoding the last row, so a file that only lacks
+    // its EOI marker runs out of data there; earlier than that, the scan itself is cut.
+    if state > 0 && d.input_iMCU_row + 1 < total_rows {
+        TRUNCATED_SCAN.set(true);
+    }
+}
+
+/// First frame of a GIF, composited on the logical screen. The `gif` crate directly (rather
+/// than through `image`) so unknown extension blocks are skipped, as browsers do.
+fn decode_gif(data: &[u8], info: &SourceInfo) -> Result<Decoded, DecodeError> {
+    let corrupt = |e: gif::DecodingError| DecodeError::Corrupt(Format::Gif, e.to_string());
+    let mut opts = gif::DecodeOptions::new();
+    opts.set_color_output(gif::ColorOutput::RGBA);
+    opts.allow_unknown_blocks(true);
+    opts.set_memory_limit(gif::MemoryLimit::Bytes(
+        std::num::NonZeroU64::new(MAX_DECODER_ALLOC).unwrap_or(std::num::NonZeroU64::MIN),
+    ));
+    let mut dec = opts.read_info(Cursor::new(data)).map_err(corrupt)?;
+    let (sw, sh) = (info.width, info.height);
+    let frame = dec
+        .read_next_frame()
+        .map_err(corrupt)?
+        .ok_or_else(|| DecodeError::Corrupt(Format::Gif, "no frame".into()))?;
+    let mut canvas = image::RgbaImage::new(sw, sh);
+    let (fx, fy, fw) = (
+        u32::from(frame.left),
+        u32::from(frame.top),
+        u32::from(frame.width),
+    );
+    for (i, px) in frame.buffer.chunks_exact(4).enumerate() {
+        let (x, y) = (fx + i as u32 % fw.max(1), fy + i as u32 / fw.max(1));
+        if x < sw && y < sh {
+            canvas.put_pixel(x, y, image::Rgba([px[0], px[1], px[2], px[3]]));
+        }
+    }
+    let image = if info.has_alpha || canvas.pixels().any(|p| p[3] != 255) {
+        DynamicImage::ImageRgba8(canvas)
+    } else {
+        DynamicImage::ImageRgb8(DynamicImage::ImageRgba8(canvas).to_rgb8())
+    };
+    Ok(Decoded {
+        image,
+        icc: None,
+        exif: None,
+    })
 }
 
 /// Joins ICC_PROFILE APP2 chunks in sequence order; an incomplete or inconsistent set is

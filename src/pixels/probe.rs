@@ -14,6 +14,8 @@ pub enum ProbeError {
     NotAnImage,
     #[error("corrupt {0} header: {1}")]
     Corrupt(Format, &'static str),
+    #[error("{0} variant not supported: {1}")]
+    Unsupported(Format, &'static str),
 }
 
 /// Header facts.
@@ -217,6 +219,18 @@ fn probe_jpeg(d: &[u8]) -> Result<SourceInfo, ProbeError> {
             0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => {
                 if seg.len() < 6 {
                     return Err(ProbeError::Corrupt(F, "short frame header"));
+                }
+                if seg[0] != 8 {
+                    return Err(ProbeError::Unsupported(
+                        F,
+                        "sample precision other than 8 bits",
+                    ));
+                }
+                if marker == 0xC3 || marker >= 0xC5 && marker != 0xC9 && marker != 0xCA {
+                    return Err(ProbeError::Unsupported(
+                        F,
+                        "lossless or hierarchical coding",
+                    ));
                 }
                 let h = u32::from(be16(seg, 1));
                 let w = u32::from(be16(seg, 3));

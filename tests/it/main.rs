@@ -1,0 +1,5 @@
+//! The one integration test binary: the engine and the real `pixgate` binary against the
+//! shared fixtures.
+
+mod manifest;
+mod support;
