@@ -261,8 +261,16 @@ fn encode_with_image(img: &DynamicImage, format: Format) -> Result<Vec<u8>, Enco
                 .map_err(fail)?;
         }
         Format::Tiff => {
+            // The TIFF encoder has no grey+alpha layout.
+            let rgba;
+            let (bytes, ct) = if matches!(img, DynamicImage::ImageLumaA8(_)) {
+                rgba = img.to_rgba8();
+                (rgba.as_raw().as_slice(), ExtendedColorType::Rgba8)
+            } else {
+                (img.as_bytes(), color_type(img))
+            };
             image::codecs::tiff::TiffEncoder::new(&mut out)
-                .write_image(img.as_bytes(), img.width(), img.height(), color_type(img))
+                .write_image(bytes, img.width(), img.height(), ct)
                 .map_err(fail)?;
         }
         Format::Ico => {
