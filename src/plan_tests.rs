@@ -262,6 +262,8 @@ fn never_below_one_pixel() {
     assert_eq!(size("rs:force:1:1/z:0.0001", 500, 500), (1, 1));
 }
 
+// Built field by field from generated tuples; a struct literal would repeat every default.
+#[allow(clippy::field_reassign_with_default)]
 fn arb_options() -> impl Strategy<Value = Options> {
     let gravity = (
         0usize..11,

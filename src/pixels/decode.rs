@@ -206,7 +206,7 @@ extern "C-unwind" fn jpeg_emit_message(cinfo: &mut mozjpeg_sys::jpeg_common_stru
     // SAFETY: `err` is set (see above); a decompressor's common struct is the first field of
     // its `jpeg_decompress_struct`, so the cast reads the object libjpeg is working on.
     let code = unsafe { cinfo.err.as_ref() }.map_or(-1, |e| e.msg_code);
-    if level != -1 || code != mozjpeg_sys::JWRN_JPEG_EOF as i32 || cinfo.is_decompressor == 0 {
+    if level != -1 || code != mozjpeg_sys::JWRN_JPEG_EOF || cinfo.is_decompressor == 0 {
         return;
     }
     let state = cinfo.global_state;

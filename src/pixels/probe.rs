@@ -74,14 +74,14 @@ pub fn sniff(data: &[u8]) -> Option<Format> {
         let size = be32(data, 0) as usize;
         let end = size.clamp(12, data.len().min(256));
         // The major brand and the compatible brands, 4 bytes each.
-        let mut brands = std::iter::once(&data[8..12])
-            .chain(data[16.min(end)..end].chunks_exact(4).map(|c| &c[..]));
-        if brands.any(|b| b == b"avif" || b == b"avis") {
+        let brands: Vec<&[u8]> = std::iter::once(&data[8..12])
+            .chain(data[16.min(end)..end].chunks_exact(4))
+            .collect();
+        if brands.iter().any(|b| *b == b"avif" || *b == b"avis") {
             return Some(Format::Avif);
         }
-        let mut brands = std::iter::once(&data[8..12])
-            .chain(data[16.min(end)..end].chunks_exact(4).map(|c| &c[..]));
-        if brands.any(|b| matches!(b, b"heic" | b"heix" | b"mif1" | b"msf1" | b"heim" | b"heis")) {
+        let heif: [&[u8]; 6] = [b"heic", b"heix", b"mif1", b"msf1", b"heim", b"heis"];
+        if brands.iter().any(|b| heif.contains(b)) {
             return Some(Format::Heic);
         }
         return None;

@@ -71,7 +71,12 @@ fn every_decodable_conformance_input_to_every_output_format() {
             runs += 1;
         }
     }
-    assert!(failures.is_empty(), "{} of {runs} failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {runs} failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// `Landscape_N.jpg`/`Portrait_N.jpg` hold the same picture stored with orientation N; after
@@ -92,7 +97,10 @@ fn all_exif_orientations_come_out_upright() {
             let img = render(n, "rs:fit:240:240/f:png");
             assert_eq!(img.dimensions(), size, "{kind}_{n}");
             let (mean, _) = diff(&img, &reference);
-            assert!(mean <= 4.0, "{kind}_{n}: mean difference {mean:.2} from upright");
+            assert!(
+                mean <= 4.0,
+                "{kind}_{n}: mean difference {mean:.2} from upright"
+            );
             // With auto-rotation off the stored orientation is kept.
             let raw = render(n, "rs:fit:240:240/ar:0/f:png");
             if n >= 5 {
