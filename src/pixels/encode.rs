@@ -22,8 +22,9 @@ pub enum EncodeError {
 /// Which JPEG encoder settings to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum JpegMode {
-    /// mozjpeg's defaults: trellis quantisation, optimised progressive scans. About 18% smaller
-    /// than `Fast` at equal SSIMULACRA2, for about 1.6× the encode time.
+    /// mozjpeg: trellis quantisation and its progressive scan script, without the exhaustive
+    /// scan search (measured on an 800x450 photo at q80: the search cost 10.1 ms of 22.6 ms
+    /// for 0.4% of the bytes). About 15% smaller than `Fast`, for 12.5 ms instead of 2.1 ms.
     #[default]
     Small,
     /// libjpeg-turbo-equivalent settings (baseline unless progressive is asked for, optimised
@@ -124,11 +125,14 @@ fn encode_jpeg(
     let (w, h) = (img.width() as usize, img.height() as usize);
     let result = catch_unwind(AssertUnwindSafe(|| -> std::io::Result<Vec<u8>> {
         let mut c = Compress::new(cs);
-        if cfg.jpeg_mode == JpegMode::Fast {
-            c.set_fastest_defaults();
-            c.set_optimize_coding(true);
-            if cfg.jpeg_progressive {
-                c.set_progressive_mode();
+        match cfg.jpeg_mode {
+            JpegMode::Small => c.set_optimize_scans(false),
+            JpegMode::Fast => {
+                c.set_fastest_defaults();
+                c.set_optimize_coding(true);
+                if cfg.jpeg_progressive {
+                    c.set_progressive_mode();
+                }
             }
         }
         c.set_size(w, h);
