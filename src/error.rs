@@ -1,10 +1,14 @@
 //! The crate's one error type and the one place that knows what each failure means to a
-//! client: HTTP status, stable kebab-case `code`, public message. Internal detail (decoder
-//! messages, paths) stays in `Display` for logs and never reaches a response body.
+//! client: HTTP status, stable kebab-case `code`, public message, `Retry-After`. Internal
+//! detail (decoder messages, addresses, paths) stays in `Display` for logs and never reaches a
+//! response body.
 
-use crate::pixels::{PixelError, ProbeError};
+use crate::cpu::GateError;
+use crate::origin::OriginError;
+use crate::pixels::{DecodeError, EncodeError, PixelError, ProbeError};
 use crate::plan::PlanError;
 use crate::request::options::OptionsError;
+use crate::request::url::UrlError;
 
 /// Any failure of a request.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -12,29 +16,73 @@ pub enum Error {
     #[error(transparent)]
     Options(#[from] OptionsError),
     #[error(transparent)]
+    Url(#[from] UrlError),
+    #[error(transparent)]
+    Origin(#[from] OriginError),
+    #[error(transparent)]
     Pixels(#[from] PixelError),
+    #[error(transparent)]
+    Gate(#[from] GateError),
+    #[error("the request took longer than the request timeout")]
+    Timeout,
+    #[error("no such route")]
+    NotFound,
 }
 
 impl Error {
     /// HTTP status (API.md §6).
     pub fn status(&self) -> u16 {
         match self {
-            Error::Options(OptionsError::SecurityOption(_)) => 403,
-            Error::Options(_) => 404,
+            Error::Options(o) | Error::Url(UrlError::Options(o)) => match o {
+                OptionsError::SecurityOption(_) => 403,
+                _ => 404,
+            },
+            Error::Url(UrlError::Signature(_)) => 403,
+            Error::Url(_) => 404,
+            Error::Origin(o) => match o {
+                OriginError::ClientError(s) => *s,
+                OriginError::ServerError(_) | OriginError::BadResponse(_) => 502,
+                OriginError::Timeout(_) => 504,
+                OriginError::TooLarge(_) => 422,
+                OriginError::NotAllowed
+                | OriginError::BlockedAddress(_)
+                | OriginError::Unreachable(_)
+                | OriginError::TooManyRedirects(_)
+                | OriginError::NotFound => 404,
+            },
             Error::Pixels(PixelError::UnsupportedOption(_)) => 404,
-            Error::Pixels(PixelError::Ops(_)) => 500,
-            Error::Pixels(PixelError::Encode(crate::pixels::EncodeError::Failed(..))) => 500,
+            Error::Pixels(PixelError::Deadline) => 503,
+            Error::Pixels(PixelError::Ops(_) | PixelError::Encode(EncodeError::Failed(..))) => 500,
             Error::Pixels(_) => 422,
+            Error::Gate(GateError::Panicked(_)) => 500,
+            Error::Gate(_) | Error::Timeout => 503,
+            Error::NotFound => 404,
         }
     }
 
     /// Stable machine-readable code for the JSON error body, logs and metrics.
     pub fn code(&self) -> &'static str {
         match self {
-            Error::Options(OptionsError::Expired) => "expired-url",
-            Error::Options(OptionsError::SecurityOption(_)) => "security-option-forbidden",
-            Error::Options(OptionsError::UnknownPreset(_)) => "unknown-preset",
-            Error::Options(_) => "invalid-url",
+            Error::Options(o) | Error::Url(UrlError::Options(o)) => match o {
+                OptionsError::Expired => "expired-url",
+                OptionsError::SecurityOption(_) => "security-option-forbidden",
+                OptionsError::UnknownPreset(_) => "unknown-preset",
+                _ => "invalid-url",
+            },
+            Error::Url(UrlError::Signature(_)) => "invalid-signature",
+            Error::Url(_) => "invalid-url",
+            Error::Origin(o) => match o {
+                OriginError::NotAllowed => "source-not-allowed",
+                OriginError::BlockedAddress(_) => "source-address-blocked",
+                OriginError::Unreachable(_) => "source-unreachable",
+                OriginError::ClientError(404) | OriginError::NotFound => "source-not-found",
+                OriginError::ClientError(_) => "origin-client-error",
+                OriginError::ServerError(_) => "origin-server-error",
+                OriginError::BadResponse(_) => "origin-bad-response",
+                OriginError::Timeout(_) => "origin-timeout",
+                OriginError::TooLarge(_) => "source-file-too-large",
+                OriginError::TooManyRedirects(_) => "too-many-redirects",
+            },
             Error::Pixels(e) => match e {
                 PixelError::Probe(ProbeError::Empty) => "empty-source",
                 PixelError::Probe(ProbeError::NotAnImage) => "not-an-image",
@@ -47,16 +95,16 @@ impl Error {
                 PixelError::UnsupportedOutput(_) => "unsupported-output-format",
                 PixelError::Plan(PlanError::EmptySource(..)) => "corrupt-image",
                 PixelError::Plan(PlanError::ResultTooLarge { .. }) => "result-too-large",
-                PixelError::Decode(crate::pixels::DecodeError::Unsupported(_)) => {
-                    "unsupported-source-format"
-                }
+                PixelError::Decode(DecodeError::Unsupported(_)) => "unsupported-source-format",
                 PixelError::Decode(_) => "corrupt-image",
-                PixelError::Ops(_) => "internal-error",
-                PixelError::Encode(crate::pixels::EncodeError::Unsupported(_)) => {
-                    "unsupported-output-format"
-                }
-                PixelError::Encode(_) => "internal-error",
+                PixelError::Encode(EncodeError::Unsupported(_)) => "unsupported-output-format",
+                PixelError::Ops(_) | PixelError::Encode(_) => "internal-error",
+                PixelError::Deadline => "request-timeout",
             },
+            Error::Gate(GateError::QueueFull) => "queue-full",
+            Error::Gate(GateError::Deadline) | Error::Timeout => "request-timeout",
+            Error::Gate(GateError::Panicked(_)) => "internal-error",
+            Error::NotFound => "not-found",
         }
     }
 
@@ -67,6 +115,14 @@ impl Error {
             "security-option-forbidden" => "Security options are not allowed",
             "invalid-url" | "unknown-preset" => "Invalid URL",
             "unsupported-option" => "Invalid URL: option not supported",
+            "invalid-signature" => "Forbidden",
+            "source-not-allowed" | "source-address-blocked" => "Invalid source URL",
+            "source-unreachable" | "too-many-redirects" => "Source image is unreachable",
+            "source-not-found" => "Source image not found",
+            "origin-client-error" | "origin-server-error" | "origin-bad-response" => {
+                "Source image is unreachable"
+            }
+            "origin-timeout" => "Source image download timed out",
             "empty-source" => "The source image is empty",
             "not-an-image" => "The source is not an image",
             "corrupt-image" => "The source image is corrupt",
@@ -75,8 +131,21 @@ impl Error {
             "unsupported-source-format" => "The source image format is not supported",
             "unsupported-output-format" => "The requested output format is not supported",
             "result-too-large" => "The requested result is too large",
+            "queue-full" => "Too many requests are being processed; retry shortly",
+            "request-timeout" => "Timeout",
+            "not-found" => "Not found",
             _ => "Internal error",
         }
+    }
+
+    /// Seconds for `Retry-After` on overload answers.
+    pub fn retry_after(&self) -> Option<u32> {
+        matches!(self.status(), 503).then_some(1)
+    }
+
+    /// Whether this is our fault (logged as an error) rather than the client's or origin's.
+    pub fn is_internal(&self) -> bool {
+        self.status() == 500
     }
 }
 
@@ -84,19 +153,94 @@ impl Error {
 mod tests {
     use super::*;
     use crate::format::Format;
+    use crate::request::signature::SignatureError;
 
     #[test]
     fn statuses_follow_the_api_table() {
-        let e = |p: PixelError| Error::from(p);
-        assert_eq!(Error::from(OptionsError::Expired).status(), 404);
-        assert_eq!(
-            Error::from(OptionsError::SecurityOption("msr".into())).status(),
-            403
-        );
-        assert_eq!(e(PixelError::Probe(ProbeError::NotAnImage)).status(), 422);
-        assert_eq!(e(PixelError::UnsupportedInput(Format::Avif)).status(), 422);
-        assert_eq!(e(PixelError::UnsupportedOption("trim")).status(), 404);
-        let ops = e(PixelError::Ops(crate::pixels::OpsError::Resize("x".into())));
+        let cases: Vec<(Error, u16, &str)> = vec![
+            (OptionsError::Expired.into(), 404, "expired-url"),
+            (
+                OptionsError::SecurityOption("msr".into()).into(),
+                403,
+                "security-option-forbidden",
+            ),
+            (
+                UrlError::Signature(SignatureError::Mismatch).into(),
+                403,
+                "invalid-signature",
+            ),
+            (UrlError::Path("x").into(), 404, "invalid-url"),
+            (OriginError::NotAllowed.into(), 404, "source-not-allowed"),
+            (
+                OriginError::BlockedAddress([127, 0, 0, 1].into()).into(),
+                404,
+                "source-address-blocked",
+            ),
+            (
+                OriginError::ClientError(404).into(),
+                404,
+                "source-not-found",
+            ),
+            (
+                OriginError::ClientError(410).into(),
+                410,
+                "origin-client-error",
+            ),
+            (
+                OriginError::ServerError(500).into(),
+                502,
+                "origin-server-error",
+            ),
+            (
+                OriginError::BadResponse("reset".into()).into(),
+                502,
+                "origin-bad-response",
+            ),
+            (
+                OriginError::Timeout(std::time::Duration::from_secs(5)).into(),
+                504,
+                "origin-timeout",
+            ),
+            (
+                OriginError::TooLarge(10).into(),
+                422,
+                "source-file-too-large",
+            ),
+            (
+                OriginError::TooManyRedirects(10).into(),
+                404,
+                "too-many-redirects",
+            ),
+            (
+                PixelError::Probe(ProbeError::NotAnImage).into(),
+                422,
+                "not-an-image",
+            ),
+            (
+                PixelError::UnsupportedInput(Format::Avif).into(),
+                422,
+                "unsupported-source-format",
+            ),
+            (
+                PixelError::UnsupportedOption("trim").into(),
+                404,
+                "unsupported-option",
+            ),
+            (GateError::QueueFull.into(), 503, "queue-full"),
+            (
+                GateError::Panicked("x".into()).into(),
+                500,
+                "internal-error",
+            ),
+            (Error::Timeout, 503, "request-timeout"),
+        ];
+        for (e, status, code) in cases {
+            assert_eq!((e.status(), e.code()), (status, code), "{e:?}");
+            assert!(!e.public_message().is_empty());
+        }
+        assert_eq!(Error::from(GateError::QueueFull).retry_after(), Some(1));
+        assert_eq!(Error::from(OriginError::NotAllowed).retry_after(), None);
+        let ops = Error::from(PixelError::Ops(crate::pixels::OpsError::Resize("x".into())));
         assert_eq!(
             (ops.status(), ops.public_message()),
             (500, "Internal error")

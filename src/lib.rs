@@ -1,20 +1,30 @@
-//! pixgate: an imgproxy-compatible image transform engine and (next) proxy.
+//! pixgate: an imgproxy-compatible image transform proxy.
 //!
 //! ```text
-//! request::options   option string → Options (typed, canonical form = cache key)   404/403
-//! pixels::prepare    bytes + Options → Job: probe header, limits, format, plan        422
-//!   pixels::probe      magic bytes → SourceInfo (format, size, orientation, frames)
-//!   plan::build        Options + header facts → Plan (pure geometry, result limits)
-//! Job::run           decode (DCT-scaled JPEG) → ops (orient, crop+resize, embed,
-//!                    flatten) → encode (mozjpeg, libwebp, png, ...)                   422/500
-//! error::Error       the one place failures become statuses and stable codes
+//! server::run        listener → connections (HTTP/1.1 + HTTP/2), cap, graceful shutdown
+//! handler::handle    one request, top to bottom:
+//!   request::url       raw path → ParsedRequest (signature checked, then options)  404/403
+//!   origin::fetch      Source → SourceBytes (guarded addresses, bounded)   404/4xx/502/504/422
+//!   pixels::prepare    bytes + Options → Job: probe header, limits, format, plan      422
+//!     pixels::probe      magic bytes → SourceInfo (format, size, orientation, frames)
+//!     plan::build        Options + header facts → Plan (pure geometry, result limits)
+//!   cpu::CpuGate::run  Job::run on a blocking thread: decode (DCT-scaled JPEG) → ops →
+//!                      encode (mozjpeg, libwebp, png, ...)                  503/500/422
+//!   response::image    Encoded → Response (headers of API.md §4)
+//! error::Error       the one place failures become statuses, codes and messages
 //! ```
 
+pub mod config;
+pub mod cpu;
 pub mod error;
 pub mod format;
+pub mod handler;
+pub mod origin;
 pub mod pixels;
 pub mod plan;
 pub mod request;
+pub mod response;
+pub mod server;
 
 pub use error::Error;
 pub use format::Format;

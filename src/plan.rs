@@ -376,10 +376,13 @@ fn padding_px(v: u32, dpr: f64) -> u32 {
 fn out_size(s: &Sizes, o: &Options, dpr: f64) -> (u64, u64) {
     let mut w = u64::from(min_non_zero(s.scaled_w, s.result_crop_w));
     let mut h = u64::from(min_non_zero(s.scaled_h, s.result_crop_h));
+    // Both canvases apply in turn (imgproxy counts only the first here, which lets
+    // extend + extend-aspect-ratio overshoot the limit).
     if o.extend.enabled {
         w = w.max(u64::from(s.target_w));
         h = h.max(u64::from(s.target_h));
-    } else if o.extend_aspect_ratio.enabled {
+    }
+    if o.extend_aspect_ratio.enabled {
         w = w.max(u64::from(s.exar_w));
         h = h.max(u64::from(s.exar_h));
     }

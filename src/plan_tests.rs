@@ -359,7 +359,7 @@ fn inside(r: Rect, w: u32, h: u32) -> bool {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(4000))]
+    #![proptest_config(ProptestConfig::with_cases(20000))]
 
     #[test]
     fn plans_are_always_sane(

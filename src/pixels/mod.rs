@@ -95,6 +95,8 @@ pub enum PixelError {
     Ops(#[from] OpsError),
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    #[error("the request deadline passed during processing")]
+    Deadline,
 }
 
 /// An encoded result.
@@ -248,6 +250,19 @@ pub fn prepare(src: &[u8], o: &Options, cfg: &EngineConfig) -> Result<Job, Pixel
 impl Job {
     /// Decode → transform → encode. CPU-bound; run it off the async workers.
     pub fn run(&self, src: &[u8]) -> Result<Encoded, PixelError> {
+        self.run_until(src, None)
+    }
+
+    /// [`Job::run`] that gives up between stages once `deadline` has passed.
+    pub fn run_until(
+        &self,
+        src: &[u8],
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Encoded, PixelError> {
+        let check = || match deadline {
+            Some(d) if std::time::Instant::now() >= d => Err(PixelError::Deadline),
+            _ => Ok(()),
+        };
         let Some(plan) = &self.plan else {
             return Ok(Encoded {
                 bytes: src.to_vec(),
@@ -257,6 +272,7 @@ impl Job {
             });
         };
         let decoded = decode::decode(src, &self.info, self.jpeg_denominator)?;
+        check()?;
         let (dw, dh) = (decoded.image.width(), decoded.image.height());
         let scale = (
             f64::from(dw) / f64::from(self.info.width),
@@ -267,6 +283,7 @@ impl Job {
             background: self.background,
         };
         let img = ops::apply(decoded.image, plan, scale, fill)?;
+        check()?;
         let exif = if self.keep_exif {
             // The pixels are upright after the pipeline; a kept EXIF block must say so.
             decoded.exif.map(|mut e| {

@@ -1,4 +1,6 @@
-//! Parsing of untrusted request input into typed values. Today: the processing-option grammar;
-//! the URL split, signatures and sources join it with the server.
+//! Parsing of untrusted request input into typed values: the URL split and source
+//! (`url`), signatures (`signature`) and the processing-option grammar (`options`).
 
 pub mod options;
+pub mod signature;
+pub mod url;

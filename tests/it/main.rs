@@ -1,9 +1,12 @@
-//! The one integration test binary: the engine and the real `pixgate` binary against the
-//! shared fixtures.
+//! The one integration test binary: the engine, the real `pixgate` binary and the server
+//! against the shared fixtures and a real local origin.
 
 mod cli;
 mod formats;
 mod golden;
+mod harness;
 mod hostile;
 mod manifest;
+mod origin;
+mod serve;
 mod support;

@@ -9,7 +9,7 @@ use pixgate::EngineConfig;
 use crate::support::{Row, decode, diff, manifest, read};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Expect {
+pub enum Expect {
     Decode,
     Reject,
     Either,
@@ -19,7 +19,7 @@ enum Expect {
 
 /// Our reading of a row. Where a row allows either outcome, pixgate's documented policy
 /// (README, "Hostile and broken inputs") picks one, and that is what is asserted.
-fn expectation(row: &Row) -> Expect {
+pub fn expectation(row: &Row) -> Expect {
     let name = row.path.rsplit('/').next().unwrap_or_default();
     match name {
         // JPEG policy: data ending inside a scan is refused; complete scans without EOI decode.

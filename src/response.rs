@@ -1,0 +1,166 @@
+//! Building responses: image responses with the headers of API.md §4 (type, length,
+//! cache lifetime capped by `exp`, origin's Last-Modified, Content-Disposition, CSP), and
+//! JSON error responses from an [`Error`]. Knows HTTP; decides nothing about images.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{self, HeaderValue};
+use hyper::{Response, StatusCode};
+
+use crate::error::Error;
+use crate::origin::SourceBytes;
+use crate::pixels::Encoded;
+use crate::request::url::ParsedRequest;
+
+pub type Body = Full<Bytes>;
+
+/// An HTTP date (IMF-fixdate) for a Unix time.
+pub fn http_date(unix_secs: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_secs.max(0) as u64);
+    httpdate::fmt_http_date(t)
+}
+
+/// `Cache-Control` for a result: the configured TTL, capped by the URL's expiry.
+pub fn cache_control(ttl: u64, expires: Option<i64>, now: i64) -> String {
+    let max_age = match expires {
+        Some(e) => ttl.min(e.saturating_sub(now).max(0) as u64),
+        None => ttl,
+    };
+    if max_age == 0 {
+        "no-cache".into()
+    } else {
+        format!("max-age={max_age}, public")
+    }
+}
+
+/// `Content-Disposition`: the `fn` option or the source's file name, with the result's
+/// extension. Non-ASCII names get an ASCII fallback plus RFC 5987 `filename*`.
+pub fn content_disposition(name: &str, ext: &str, attachment: bool) -> String {
+    let kind = if attachment { "attachment" } else { "inline" };
+    let full = format!("{name}.{ext}");
+    let ascii: String = full
+        .chars()
+        .map(|c| match c {
+            '"' => "%22".to_string(),
+            c if c.is_ascii_graphic() || c == ' ' => c.to_string(),
+            _ => "_".to_string(),
+        })
+        .collect();
+    if full.is_ascii() && !full.chars().any(|c| c.is_ascii_control()) {
+        format!("{kind}; filename=\"{ascii}\"")
+    } else {
+        let encoded =
+            percent_encoding::utf8_percent_encode(&full, percent_encoding::NON_ALPHANUMERIC);
+        format!("{kind}; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
+    }
+}
+
+fn value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// The response for an encoded image.
+pub fn image(
+    enc: &Encoded,
+    req: &ParsedRequest,
+    src: &SourceBytes,
+    ttl: u64,
+    now: i64,
+) -> Response<Body> {
+    let o = &req.options;
+    let name = o.filename.clone().unwrap_or_else(|| req.source.stem());
+    let mut r = Response::new(Full::new(Bytes::from(enc.bytes.clone())));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(enc.format.mime()),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(enc.bytes.len()));
+    h.insert(
+        header::CACHE_CONTROL,
+        value(&cache_control(ttl, o.expires, now)),
+    );
+    if let Some(lm) = &src.last_modified {
+        h.insert(header::LAST_MODIFIED, value(lm));
+    }
+    h.insert(
+        header::CONTENT_DISPOSITION,
+        value(&content_disposition(
+            &name,
+            enc.format.ext(),
+            o.return_attachment,
+        )),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("script-src 'none'"),
+    );
+    r
+}
+
+/// `GET /health`.
+pub fn health() -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from_static(b"ok")));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+/// The JSON error response: stable code, public message, never internal detail.
+pub fn error(e: &Error) -> Response<Body> {
+    let body = format!(
+        "{{\"error\":{{\"code\":\"{}\",\"message\":\"{}\"}}}}",
+        e.code(),
+        e.public_message()
+    );
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(s) = e.retry_after() {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_lifetime_is_capped_by_expiry() {
+        assert_eq!(cache_control(3600, None, 0), "max-age=3600, public");
+        assert_eq!(cache_control(3600, Some(100), 40), "max-age=60, public");
+        assert_eq!(cache_control(30, Some(100), 40), "max-age=30, public");
+        assert_eq!(cache_control(0, None, 0), "no-cache");
+        assert_eq!(cache_control(3600, Some(10), 40), "no-cache");
+    }
+
+    #[test]
+    fn dispositions() {
+        assert_eq!(
+            content_disposition("cat", "jpg", false),
+            "inline; filename=\"cat.jpg\""
+        );
+        assert_eq!(
+            content_disposition("a\"b", "png", true),
+            "attachment; filename=\"a%22b.png\""
+        );
+        let d = content_disposition("café", "webp", false);
+        assert!(
+            d.starts_with("inline; filename=\"caf_.webp\"; filename*=UTF-8''caf%C3%A9%2Ewebp"),
+            "{d}"
+        );
+        assert!(HeaderValue::from_str(&d).is_ok());
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(http_date(784111777), "Sun, 06 Nov 1994 08:49:37 GMT");
+    }
+}

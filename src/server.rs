@@ -1,0 +1,87 @@
+//! Listening and connections: HTTP/1.1 and HTTP/2 on one listener (hyper-util's auto
+//! builder), a connection cap, a header read timeout, and graceful shutdown (stop accepting,
+//! let in-flight requests finish, bounded by `shutdown_timeout`). Tests call [`run`] with a
+//! listener bound to `127.0.0.1:0`.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::handler::{self, State};
+
+/// Serves until `shutdown` completes, then drains connections.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let shutdown_timeout = config.shutdown_timeout;
+    let header_timeout = config.header_read_timeout;
+    let connections = Arc::new(Semaphore::new(config.raw.max_connections));
+    let state = Arc::new(State::new(config));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        // Over the cap, connections wait in the kernel's accept queue.
+        let permit = tokio::select! {
+            p = connections.clone().acquire_owned() => p.expect("semaphore never closed"),
+            _ = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: keep serving the connections we have.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let service = service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, std::convert::Infallible>(handler::handle(state, req).await) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: draining connections");
+    if tokio::time::timeout(shutdown_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?shutdown_timeout,
+            "shutdown timeout: closing remaining connections"
+        );
+    }
+    Ok(())
+}

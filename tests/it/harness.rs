@@ -1,0 +1,124 @@
+//! Starts the real pixgate server in-process on `127.0.0.1:0` (through `server::run`, as the
+//! binary does) and talks to it over real HTTP.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::HeaderMap;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use pixgate::config::{self, RawConfig};
+
+pub struct Pixgate {
+    pub addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+/// Test defaults: loopback sources allowed (the origin is on 127.0.0.1), short timeouts.
+pub fn test_config() -> RawConfig {
+    RawConfig {
+        listen: "127.0.0.1:0".into(),
+        allow_loopback_sources: true,
+        download_timeout: 2.0,
+        request_timeout: 20.0,
+        log_level: "warn".into(),
+        ..RawConfig::default()
+    }
+}
+
+impl Pixgate {
+    pub async fn start(raw: RawConfig) -> Pixgate {
+        let cfg = config::validate(raw).expect("valid test config");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let done = tokio::spawn(pixgate::server::run(listener, cfg, async move {
+            let _ = rx.await;
+        }));
+        Pixgate {
+            addr,
+            shutdown: Some(tx),
+            done: Some(done),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        get(&self.url(path), &[]).await
+    }
+
+    /// Stops the server and waits until it has drained.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(done) = self.done.take() {
+            done.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for Pixgate {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The stable `code` of a JSON error body.
+    pub fn code(&self) -> String {
+        let text = String::from_utf8_lossy(&self.body);
+        text.split("\"code\":\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+pub async fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> Reply {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let mut req = hyper::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = tokio::time::timeout(
+        Duration::from_secs(60),
+        client.request(req.body(Empty::new()).unwrap()),
+    )
+    .await
+    .expect("pixgate answered within 60 s")
+    .expect("request sent");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
+    request("GET", url, headers).await
+}
