@@ -698,3 +698,18 @@ fn sign_prints_signed_paths() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("quality") && err.contains("listen"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_request_timeout_answers_503() {
+    let origin = Origin::start().await;
+    let mut raw = test_config();
+    raw.download_timeout = 30.0;
+    raw.request_timeout = 0.5;
+    let px = Pixgate::start(raw).await;
+    let src = origin.url("drip/photos/lomiri16_Wine_by_Jakkub_Mede.jpg");
+    let r = px.get(&format!("/insecure/w:10/plain/{src}")).await;
+    assert_eq!((r.status, r.code().as_str()), (503, "request-timeout"));
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(px.get("/health").await.status, 200);
+    px.stop().await;
+}
