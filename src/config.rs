@@ -94,6 +94,23 @@ pub struct RawConfig {
     pub return_attachment: bool,
     /// `Cache-Control: max-age` in seconds; 0 sends `no-cache`.
     pub ttl: u64,
+
+    /// Result cache capacity in bytes of encoded images.
+    pub cache_size: u64,
+    /// Seconds a result stays cached, and seconds it stays without being requested.
+    pub cache_ttl: f64,
+    pub cache_tti: f64,
+    /// Results larger than this fraction of `cache_size` are served but not cached.
+    pub cache_max_entry_fraction: f64,
+    /// Source cache capacity in bytes (fetched originals; the srcset pattern fetches once).
+    pub source_cache_size: u64,
+    /// Seconds a source stays cached; at most 3600 (sources are customer data).
+    pub source_cache_ttl: f64,
+    /// With no format in the URL, pick WebP (AVIF once it can be written) when `Accept`
+    /// allows, and answer `Vary: Accept`.
+    pub auto_format: bool,
+    /// imgproxy's ENFORCE_*: negotiate from `Accept` even when the URL names a format.
+    pub enforce_format: bool,
 }
 
 impl Default for RawConfig {
@@ -139,6 +156,14 @@ impl Default for RawConfig {
             strip_color_profile: true,
             return_attachment: false,
             ttl: 31_536_000,
+            cache_size: 256 * 1024 * 1024,
+            cache_ttl: 86_400.0,
+            cache_tti: 3_600.0,
+            cache_max_entry_fraction: 0.05,
+            source_cache_size: 128 * 1024 * 1024,
+            source_cache_ttl: 3_600.0,
+            auto_format: true,
+            enforce_format: false,
         }
     }
 }
@@ -229,6 +254,9 @@ pub struct Config {
     pub request_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub download_timeout: Duration,
+    pub cache_ttl: Duration,
+    pub cache_tti: Duration,
+    pub source_cache_ttl: Duration,
     pub workers: usize,
     pub keys: Vec<KeyPair>,
     pub presets: Presets,
@@ -377,20 +405,37 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         .parse::<SocketAddr>()
         .map_err(|_| p.push(format!("listen: `{}` is not an address:port", raw.listen)))
         .ok();
-    let mut secs = |name: &str, v: f64| {
-        if v.is_finite() && v > 0.0 && v < 86_400.0 {
+    let mut secs = |name: &str, v: f64, max: f64| {
+        if v.is_finite() && v > 0.0 && v <= max {
             Duration::from_secs_f64(v)
         } else {
             p.push(format!(
-                "{name}: {v} is not a number of seconds in (0, 86400)"
+                "{name}: {v} is not a number of seconds in (0, {max}]"
             ));
             Duration::from_secs(1)
         }
     };
-    let header_read_timeout = secs("header_read_timeout", raw.header_read_timeout);
-    let request_timeout = secs("request_timeout", raw.request_timeout);
-    let shutdown_timeout = secs("shutdown_timeout", raw.shutdown_timeout);
-    let download_timeout = secs("download_timeout", raw.download_timeout);
+    const DAY: f64 = 86_400.0;
+    let header_read_timeout = secs("header_read_timeout", raw.header_read_timeout, DAY);
+    let request_timeout = secs("request_timeout", raw.request_timeout, DAY);
+    let shutdown_timeout = secs("shutdown_timeout", raw.shutdown_timeout, DAY);
+    let download_timeout = secs("download_timeout", raw.download_timeout, DAY);
+    let cache_ttl = secs("cache_ttl", raw.cache_ttl, 365.0 * DAY);
+    let cache_tti = secs("cache_tti", raw.cache_tti, 365.0 * DAY);
+    let source_cache_ttl = secs("source_cache_ttl", raw.source_cache_ttl, DAY);
+    if raw.source_cache_ttl > 3600.0 {
+        p.push(format!(
+            "source_cache_ttl: {} s is over 3600 (sources are customer data: one hour at most)",
+            raw.source_cache_ttl
+        ));
+    }
+    let f = raw.cache_max_entry_fraction;
+    if f.is_nan() || f <= 0.0 || f > 1.0 {
+        p.push(format!(
+            "cache_max_entry_fraction: {} is not within (0, 1]",
+            raw.cache_max_entry_fraction
+        ));
+    }
     if raw.max_connections == 0 {
         p.push("max_connections must be > 0".into());
     }
@@ -556,6 +601,9 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         request_timeout,
         shutdown_timeout,
         download_timeout,
+        cache_ttl,
+        cache_tti,
+        source_cache_ttl,
         workers,
         keys,
         presets,

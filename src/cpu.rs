@@ -29,6 +29,33 @@ pub struct GateStats {
     pub rejected: AtomicU64,
     pub busy: AtomicUsize,
     pub waiting: AtomicUsize,
+    /// Signalled whenever `busy` or `waiting` changes (gauges, tests).
+    pub changed: tokio::sync::Notify,
+}
+
+impl GateStats {
+    fn add(&self, counter: &AtomicUsize, up: bool) {
+        if up {
+            counter.fetch_add(1, Ordering::Relaxed);
+        } else {
+            counter.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until `cond(busy, waiting)` holds.
+    pub async fn wait_until(&self, cond: impl Fn(usize, usize) -> bool) {
+        loop {
+            let changed = self.changed.notified();
+            if cond(
+                self.busy.load(Ordering::Relaxed),
+                self.waiting.load(Ordering::Relaxed),
+            ) {
+                return;
+            }
+            changed.await;
+        }
+    }
 }
 
 /// Bounded queue + worker permits.
@@ -65,23 +92,23 @@ impl CpuGate {
                 return Err(GateError::QueueFull);
             }
         };
-        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        self.stats.add(&self.stats.waiting, true);
         let worker =
             tokio::time::timeout_at(deadline.into(), self.workers.clone().acquire_owned()).await;
-        self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+        self.stats.add(&self.stats.waiting, false);
         let worker = match worker {
             Ok(Ok(w)) => w,
             _ => return Err(GateError::Deadline),
         };
         let stats = self.stats.clone();
-        stats.busy.fetch_add(1, Ordering::Relaxed);
+        stats.add(&stats.busy, true);
         stats.jobs.fetch_add(1, Ordering::Relaxed);
         let handle = tokio::task::spawn_blocking(move || {
             let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
             // Permits are released when the work is done, not when the caller stops waiting.
             drop(worker);
             drop(slot);
-            stats.busy.fetch_sub(1, Ordering::Relaxed);
+            stats.add(&stats.busy, false);
             out
         });
         match handle.await {
@@ -129,9 +156,7 @@ mod tests {
         let g = gate.clone();
         let second = tokio::spawn(async move { g.run(far(), || 2).await });
         // The second job holds the only queue slot once it is waiting for the worker.
-        while gate.stats.waiting.load(Ordering::Relaxed) == 0 {
-            tokio::task::yield_now().await;
-        }
+        gate.stats.wait_until(|_, waiting| waiting == 1).await;
         assert_eq!(gate.run(far(), || 3).await, Err(GateError::QueueFull));
         release_tx.send(()).unwrap();
         assert_eq!(first.await.unwrap(), Ok(1));

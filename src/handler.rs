@@ -3,32 +3,46 @@
 //! turned into a response in one place; one log line per request.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, SERVER};
+use hyper::header::{ACCEPT, HeaderValue, IF_NONE_MATCH, SERVER};
 use hyper::{Method, Request, Response};
 
+use crate::cache::{Outcome, Store};
 use crate::config::Config;
 use crate::cpu::CpuGate;
 use crate::error::Error;
-use crate::origin::Origin;
+use crate::negotiate::{self, FormatChoice};
+use crate::origin::{Origin, OriginError, SourceBytes};
 use crate::pixels;
-use crate::request::url::{self, UrlContext};
-use crate::response::{self, Body};
+use crate::request::url::{self, ParsedRequest, UrlContext};
+use crate::response::{self, Body, CachedResult};
 
 /// Everything a request needs, built once at startup.
 pub struct State {
     pub config: Config,
     pub origin: Origin,
     pub gate: CpuGate,
+    /// Encoded results by (canonical options, format decision, source URL).
+    pub results: Store<[u8; 32], CachedResult>,
+    /// Fetched sources by URL.
+    pub sources: Store<String, SourceBytes>,
 }
 
 impl State {
     pub fn new(config: Config) -> State {
+        let c = &config;
         State {
-            origin: Origin::new(&config),
-            gate: CpuGate::new(config.workers, config.raw.queue_size),
+            origin: Origin::new(c),
+            gate: CpuGate::new(c.workers, c.raw.queue_size),
+            results: Store::new(
+                c.raw.cache_size,
+                c.cache_ttl,
+                Some(c.cache_tti),
+                c.raw.cache_max_entry_fraction,
+            ),
+            sources: Store::new(c.raw.source_cache_size, c.source_cache_ttl, None, 0.5),
             config,
         }
     }
@@ -46,13 +60,34 @@ impl State {
             now_unix,
         }
     }
+
+    /// The source, from the source cache or the origin (one fetch for concurrent callers).
+    async fn source(self: &Arc<Self>, req: &ParsedRequest) -> Result<Arc<SourceBytes>, Error> {
+        let state = self.clone();
+        let source = req.source.clone();
+        let (src, _) = self
+            .sources
+            .get_or_fill(source.url(), async move {
+                Ok(state.origin.fetch(&source, None).await?)
+            })
+            .await;
+        let src = src?;
+        // A per-request `msfs` below the server's limit applies to cached sources too.
+        if let Some(limit) = req.options.security.max_src_file_size {
+            if src.bytes.len() as u64 > limit {
+                return Err(OriginError::TooLarge(limit).into());
+            }
+        }
+        Ok(src)
+    }
 }
 
-/// Stage timings of one request, for the log line.
+/// What the log line says about a request beyond its status.
 #[derive(Debug, Default, Clone, Copy)]
-struct Timings {
-    fetch: Duration,
-    pixels: Duration,
+struct Trace {
+    fetch_ms: f64,
+    pixels_ms: f64,
+    cache: Option<Outcome>,
 }
 
 /// Serves one request.
@@ -66,12 +101,26 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
         .map_or("/", |p| p.as_str())
         .to_string();
     let path = req.uri().path();
-    let mut timings = Timings::default();
+    let header = |name| {
+        req.headers()
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let (accept, inm) = (header(ACCEPT), header(IF_NONE_MATCH));
+    let mut trace = Trace::default();
     let result = match (&method, path) {
         (&Method::GET | &Method::HEAD, "/health") => Ok(response::health()),
         (&Method::GET | &Method::HEAD, p) if p != "/" && p != "/favicon.ico" => {
             let timeout = state.config.request_timeout;
-            match tokio::time::timeout(timeout, transform(&state, &target, &mut timings)).await {
+            let work = transform(
+                &state,
+                &target,
+                accept.as_deref(),
+                inm.as_deref(),
+                &mut trace,
+            );
+            match tokio::time::timeout(timeout, work).await {
                 Ok(r) => r,
                 Err(_) => Err(Error::Timeout),
             }
@@ -98,43 +147,122 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         h.insert("x-request-id", v);
     }
+    if let Some(o) = trace.cache {
+        h.insert("x-cache", HeaderValue::from_static(o.header()));
+    }
     let shown: String = target.chars().take(300).collect();
-    let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1000.0);
-    let (fetch_ms, pixels_ms) = (ms(timings.fetch), ms(timings.pixels));
-    let ms = ms(start.elapsed());
+    let ms = format!("{:.1}", start.elapsed().as_secs_f64() * 1000.0);
+    let (fetch_ms, pixels_ms) = (
+        format!("{:.1}", trace.fetch_ms),
+        format!("{:.1}", trace.pixels_ms),
+    );
+    let cache = trace.cache.map_or("-", Outcome::header);
     if status >= 500 {
-        tracing::warn!(id = %request_id, %method, path = %shown, status, bytes, %ms, %fetch_ms, %pixels_ms, code, detail, "request");
+        tracing::warn!(id = %request_id, %method, path = %shown, status, bytes, %ms, cache, %fetch_ms, %pixels_ms, code, detail, "request");
     } else {
-        tracing::info!(id = %request_id, %method, path = %shown, status, bytes, %ms, %fetch_ms, %pixels_ms, code, detail, "request");
+        tracing::info!(id = %request_id, %method, path = %shown, status, bytes, %ms, cache, %fetch_ms, %pixels_ms, code, detail, "request");
     }
     resp
 }
 
-async fn transform(state: &State, target: &str, t: &mut Timings) -> Result<Response<Body>, Error> {
-    let deadline = Instant::now() + state.config.request_timeout;
+/// The cache key of a result: equivalent URLs share it (canonical options), the `Accept`
+/// header enters only as the format decision.
+fn result_key(req: &ParsedRequest, choice: FormatChoice) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for part in [req.options.canonical(), choice.key(), req.source.url()] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    h.finalize().into()
+}
+
+async fn transform(
+    state: &Arc<State>,
+    target: &str,
+    accept: Option<&str>,
+    if_none_match: Option<&str>,
+    trace: &mut Trace,
+) -> Result<Response<Body>, Error> {
     let now = crate::now_unix();
+    let c = &state.config;
     let parsed = url::parse(target, &state.url_context(now))?;
+    let (choice, vary) = negotiate::negotiate(
+        parsed.options.format,
+        accept,
+        c.raw.auto_format,
+        c.raw.enforce_format,
+    );
+    let key = result_key(&parsed, choice);
+    let ttl = c.raw.ttl;
+    if let Some(hit) = state.results.get(&key).await {
+        trace.cache = Some(Outcome::Hit);
+        if if_none_match.is_some_and(|inm| response::none_match(inm, &hit.etag)) {
+            return Ok(response::not_modified(&hit, &parsed, ttl, now, vary));
+        }
+        return Ok(response::image(&hit, &parsed, ttl, now, vary));
+    }
+    if let Some(inm) = if_none_match {
+        // The ETag needs the source identity and the output format, not the pixels: a
+        // revalidation costs at most a fetch (often a source-cache hit).
+        let src = state.source(&parsed).await?;
+        let mut opts = parsed.options.clone();
+        opts.format = choice.format();
+        let job = pixels::prepare(&src.bytes, &opts, &c.engine)?;
+        let tag = response::etag(&parsed.options.canonical(), job.format, &src.identity);
+        if response::none_match(inm, &tag) {
+            let r = CachedResult {
+                bytes: Default::default(),
+                format: job.format,
+                etag: tag,
+                last_modified: src.last_modified.clone(),
+                fetch_ms: 0.0,
+                pixels_ms: 0.0,
+            };
+            return Ok(response::not_modified(&r, &parsed, ttl, now, vary));
+        }
+    }
+    let (result, outcome) = state
+        .results
+        .get_or_fill(key, fill(state.clone(), parsed.clone(), choice))
+        .await;
+    trace.cache = Some(outcome);
+    let r = result?;
+    if outcome == Outcome::Miss {
+        (trace.fetch_ms, trace.pixels_ms) = (r.fetch_ms, r.pixels_ms);
+    }
+    Ok(response::image(&r, &parsed, ttl, now, vary))
+}
+
+/// Produces a result: source → checks and plan → pixel job through the gate. Runs as its own
+/// task (see `cache`), under its own deadline.
+async fn fill(
+    state: Arc<State>,
+    parsed: ParsedRequest,
+    choice: FormatChoice,
+) -> Result<CachedResult, Error> {
+    let deadline = Instant::now() + state.config.request_timeout;
     let fetch_start = Instant::now();
-    let max_bytes = parsed.options.security.max_src_file_size;
-    let src = state.origin.fetch(&parsed.source, max_bytes).await;
-    t.fetch = fetch_start.elapsed();
-    let src = src?;
-    let job = pixels::prepare(&src.bytes, &parsed.options, &state.config.engine)?;
+    let src = state.source(&parsed).await?;
+    let fetch_ms = fetch_start.elapsed().as_secs_f64() * 1000.0;
+    let mut opts = parsed.options.clone();
+    opts.format = choice.format();
+    let job = pixels::prepare(&src.bytes, &opts, &state.config.engine)?;
     let bytes = src.bytes.clone();
     let pixels_start = Instant::now();
     let encoded = state
         .gate
         .run(deadline, move || job.run_until(&bytes, Some(deadline)))
-        .await;
-    t.pixels = pixels_start.elapsed();
-    let encoded = encoded??;
-    Ok(response::image(
-        &encoded,
-        &parsed,
-        &src,
-        state.config.raw.ttl,
-        now,
-    ))
+        .await??;
+    let pixels_ms = pixels_start.elapsed().as_secs_f64() * 1000.0;
+    Ok(CachedResult {
+        etag: response::etag(&parsed.options.canonical(), encoded.format, &src.identity),
+        bytes: encoded.bytes.into(),
+        format: encoded.format,
+        last_modified: src.last_modified.clone(),
+        fetch_ms,
+        pixels_ms,
+    })
 }
 
 /// The client's `X-Request-ID` when it is sane (`[A-Za-z0-9_-]{1,64}`), else a new one.

@@ -4,7 +4,10 @@
 //! server::run        listener → connections (HTTP/1.1 + HTTP/2), cap, graceful shutdown
 //! handler::handle    one request, top to bottom:
 //!   request::url       raw path → ParsedRequest (signature checked, then options)  404/403
-//!   origin::fetch      Source → SourceBytes (guarded addresses, bounded)   404/4xx/502/504/422
+//!   negotiate          options + Accept → format decision (never the raw header)
+//!   cache::Store       result key → cached answer (hit, 304) or one coalesced fill:
+//!   origin::fetch      Source → SourceBytes via the source cache (guarded, bounded)
+//!                                                                     404/4xx/502/504/422
 //!   pixels::prepare    bytes + Options → Job: probe header, limits, format, plan      422
 //!     pixels::probe      magic bytes → SourceInfo (format, size, orientation, frames)
 //!     plan::build        Options + header facts → Plan (pure geometry, result limits)
@@ -14,11 +17,13 @@
 //! error::Error       the one place failures become statuses, codes and messages
 //! ```
 
+pub mod cache;
 pub mod config;
 pub mod cpu;
 pub mod error;
 pub mod format;
 pub mod handler;
+pub mod negotiate;
 pub mod origin;
 pub mod pixels;
 pub mod plan;

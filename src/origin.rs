@@ -55,6 +55,31 @@ pub struct SourceBytes {
     pub bytes: Bytes,
     pub etag: Option<String>,
     pub last_modified: Option<String>,
+    /// What identifies this version of the source for ETags: the origin's ETag when it sent
+    /// one, else a hash of the bytes (Last-Modified alone has one-second granularity).
+    pub identity: String,
+}
+
+impl SourceBytes {
+    fn new(bytes: Bytes, etag: Option<String>, last_modified: Option<String>) -> SourceBytes {
+        use sha2::Digest;
+        let identity = match &etag {
+            Some(e) => format!("etag:{e}"),
+            None => format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes))),
+        };
+        SourceBytes {
+            bytes,
+            etag,
+            last_modified,
+            identity,
+        }
+    }
+}
+
+impl crate::cache::Weighted for SourceBytes {
+    fn weight(&self) -> u64 {
+        self.bytes.len() as u64
+    }
 }
 
 /// Which addresses may be connected to.
@@ -311,11 +336,7 @@ impl Origin {
                     buf.extend_from_slice(&data);
                 }
             }
-            return Ok(SourceBytes {
-                bytes: buf.freeze(),
-                etag,
-                last_modified,
-            });
+            return Ok(SourceBytes::new(buf.freeze(), etag, last_modified));
         }
         Err(OriginError::TooManyRedirects(self.max_redirects))
     }
@@ -335,11 +356,7 @@ impl Origin {
             .await
             .map_err(|_| OriginError::NotFound)?;
         let last_modified = meta.modified().ok().map(httpdate_from);
-        Ok(SourceBytes {
-            bytes: Bytes::from(bytes),
-            etag: None,
-            last_modified,
-        })
+        Ok(SourceBytes::new(Bytes::from(bytes), None, last_modified))
     }
 }
 

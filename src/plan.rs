@@ -448,14 +448,21 @@ pub fn build(
         0 => format_max,
         m => m.min(format_max),
     };
-    // imgproxy rescales once; with asymmetric zoom or fill-down the recomputed sizes can still
-    // overshoot, so repeat (each round shrinks by at least the overshoot).
-    for _ in 0..4 {
+    // imgproxy rescales once; with asymmetric zoom, fill-down or extend-aspect-ratio the
+    // recomputed sizes can still overshoot (a 1-px step of a tiny side may move a canvas by
+    // dozens of pixels), so repeat, pushing harder while the size does not move.
+    let mut last = (u64::MAX, u64::MAX);
+    let mut push = 1.0;
+    for _ in 0..24 {
         let (ow, oh) = out_size(&sizes, o, dpr);
         if ow <= u64::from(max_dim) && oh <= u64::from(max_dim) {
             break;
         }
-        let down = f64::from(max_dim) / ow.max(oh) as f64;
+        if (ow, oh) == last {
+            push *= 0.97;
+        }
+        last = (ow, oh);
+        let down = f64::from(max_dim) / ow.max(oh) as f64 * push;
         wscale *= down;
         hscale *= down;
         // Never below one pixel.
@@ -531,10 +538,7 @@ pub fn build(
     }
 
     let pixels = u64::from(w) * u64::from(h);
-    if pixels > limits.max_result_pixels
-        || u64::from(w) > u64::from(format_max)
-        || u64::from(h) > u64::from(format_max)
-    {
+    if pixels > limits.max_result_pixels || w > max_dim || h > max_dim {
         return Err(PlanError::ResultTooLarge {
             width: u64::from(w),
             height: u64::from(h),

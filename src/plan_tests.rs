@@ -373,8 +373,12 @@ proptest! {
         let g = SourceGeometry { width: sw, height: sh, orientation, is_vector: false };
         match build(&o, &g, &limits, fmt) {
             Err(PlanError::ResultTooLarge { width, height, .. }) => {
+                // Refused only when no scale fits: a pixel limit, or a side limit the
+                // one-pixel floor or the canvases keep exceeding.
+                let max_side = u64::from(o.security.max_result_dimension.unwrap_or(0).max(1)).min(u64::from(fmt.max_side()));
+                let side_limit = o.security.max_result_dimension.map_or(u64::from(fmt.max_side()), |_| max_side);
                 prop_assert!(width * height > limits.max_result_pixels
-                    || width > u64::from(fmt.max_side()) || height > u64::from(fmt.max_side()));
+                    || width > side_limit || height > side_limit);
             }
             Err(e) => prop_assert!(false, "unexpected {e:?}"),
             Ok(p) => {

@@ -8,8 +8,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 
 use crate::error::Error;
-use crate::origin::SourceBytes;
-use crate::pixels::Encoded;
+use crate::format::Format;
 use crate::request::url::ParsedRequest;
 
 pub type Body = Full<Bytes>;
@@ -59,35 +58,101 @@ fn value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
-/// The response for an encoded image.
-pub fn image(
-    enc: &Encoded,
+/// Everything needed to answer for a transformed image, as cached.
+#[derive(Debug, Clone)]
+pub struct CachedResult {
+    pub bytes: Bytes,
+    pub format: Format,
+    pub etag: String,
+    pub last_modified: Option<String>,
+    /// Stage timings of the fill, for the log line of the request that ran it.
+    pub fetch_ms: f64,
+    pub pixels_ms: f64,
+}
+
+impl crate::cache::Weighted for CachedResult {
+    fn weight(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+}
+
+/// Strong ETag of a result: (canonical options, output format, source identity, engine
+/// revision). Deterministic across processes and restarts.
+pub fn etag(canonical: &str, format: Format, source_identity: &str) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for part in [
+        "pixgate-etag",
+        crate::pixels::ENGINE_REVISION,
+        canonical,
+        format.ext(),
+        source_identity,
+    ] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    let digest = h.finalize();
+    use base64::Engine as _;
+    format!(
+        "\"{}\"",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..18])
+    )
+}
+
+/// `If-None-Match` against our ETag, with the weak comparison RFC 9110 prescribes for it
+/// (intermediaries may weaken ETags).
+pub fn none_match(header: &str, etag: &str) -> bool {
+    let ours = etag.trim_start_matches("W/");
+    header
+        .split(',')
+        .map(str::trim)
+        .any(|t| t == "*" || t.trim_start_matches("W/") == ours)
+}
+
+fn common_headers(
+    h: &mut hyper::HeaderMap,
+    r: &CachedResult,
     req: &ParsedRequest,
-    src: &SourceBytes,
     ttl: u64,
     now: i64,
+    vary: bool,
+) {
+    h.insert(header::ETAG, value(&r.etag));
+    h.insert(
+        header::CACHE_CONTROL,
+        value(&cache_control(ttl, req.options.expires, now)),
+    );
+    if let Some(lm) = &r.last_modified {
+        h.insert(header::LAST_MODIFIED, value(lm));
+    }
+    if vary {
+        h.insert(header::VARY, HeaderValue::from_static("Accept"));
+    }
+}
+
+/// The response for a transformed image.
+pub fn image(
+    r: &CachedResult,
+    req: &ParsedRequest,
+    ttl: u64,
+    now: i64,
+    vary: bool,
 ) -> Response<Body> {
     let o = &req.options;
     let name = o.filename.clone().unwrap_or_else(|| req.source.stem());
-    let mut r = Response::new(Full::new(Bytes::from(enc.bytes.clone())));
-    let h = r.headers_mut();
+    let mut resp = Response::new(Full::new(r.bytes.clone()));
+    let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static(enc.format.mime()),
+        HeaderValue::from_static(r.format.mime()),
     );
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(enc.bytes.len()));
-    h.insert(
-        header::CACHE_CONTROL,
-        value(&cache_control(ttl, o.expires, now)),
-    );
-    if let Some(lm) = &src.last_modified {
-        h.insert(header::LAST_MODIFIED, value(lm));
-    }
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(r.bytes.len()));
+    common_headers(h, r, req, ttl, now, vary);
     h.insert(
         header::CONTENT_DISPOSITION,
         value(&content_disposition(
             &name,
-            enc.format.ext(),
+            r.format.ext(),
             o.return_attachment,
         )),
     );
@@ -95,7 +160,21 @@ pub fn image(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("script-src 'none'"),
     );
-    r
+    resp
+}
+
+/// `304 Not Modified` with the headers a cache needs to refresh its copy.
+pub fn not_modified(
+    r: &CachedResult,
+    req: &ParsedRequest,
+    ttl: u64,
+    now: i64,
+    vary: bool,
+) -> Response<Body> {
+    let mut resp = Response::new(Body::default());
+    *resp.status_mut() = StatusCode::NOT_MODIFIED;
+    common_headers(resp.headers_mut(), r, req, ttl, now, vary);
+    resp
 }
 
 /// `GET /health`.
@@ -157,6 +236,27 @@ mod tests {
             "{d}"
         );
         assert!(HeaderValue::from_str(&d).is_ok());
+    }
+
+    #[test]
+    fn etags_and_if_none_match() {
+        let a = etag("w:300", Format::Webp, "etag:\"x\"");
+        assert_eq!(
+            a,
+            etag("w:300", Format::Webp, "etag:\"x\""),
+            "deterministic"
+        );
+        assert_ne!(a, etag("w:300", Format::Jpeg, "etag:\"x\""));
+        assert_ne!(a, etag("w:301", Format::Webp, "etag:\"x\""));
+        assert_ne!(a, etag("w:300", Format::Webp, "etag:\"y\""));
+        assert!(
+            a.starts_with('"') && a.ends_with('"') && a.len() == 26,
+            "{a}"
+        );
+        assert!(none_match(&a, &a));
+        assert!(none_match(&format!("\"zzz\", W/{a}"), &a));
+        assert!(none_match("*", &a));
+        assert!(!none_match("\"zzz\"", &a));
     }
 
     #[test]

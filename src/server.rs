@@ -21,10 +21,19 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    serve(listener, Arc::new(State::new(config)), shutdown).await
+}
+
+/// [`run`] with a state the caller keeps a handle on (its caches and counters).
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<State>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let config = &state.config;
     let shutdown_timeout = config.shutdown_timeout;
     let header_timeout = config.header_read_timeout;
     let connections = Arc::new(Semaphore::new(config.raw.max_connections));
-    let state = Arc::new(State::new(config));
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

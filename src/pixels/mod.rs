@@ -18,6 +18,10 @@ pub use encode::{EncodeError, EncoderConfig, JpegMode, WebpMode};
 pub use ops::OpsError;
 pub use probe::{ProbeError, SourceInfo};
 
+/// Changes whenever the same (source, options) would give different output bytes; part of
+/// every ETag, so caches everywhere revalidate after an engine change.
+pub const ENGINE_REVISION: &str = concat!(env!("CARGO_PKG_VERSION"), "/1");
+
 /// Engine limits and defaults that come from server configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EngineConfig {

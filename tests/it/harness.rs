@@ -13,6 +13,8 @@ use pixgate::config::{self, RawConfig};
 
 pub struct Pixgate {
     pub addr: SocketAddr,
+    /// The server's own state: caches and counters, for assertions.
+    pub state: std::sync::Arc<pixgate::handler::State>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -35,11 +37,17 @@ impl Pixgate {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let done = tokio::spawn(pixgate::server::run(listener, cfg, async move {
-            let _ = rx.await;
-        }));
+        let state = std::sync::Arc::new(pixgate::handler::State::new(cfg));
+        let done = tokio::spawn(pixgate::server::serve(
+            listener,
+            state.clone(),
+            async move {
+                let _ = rx.await;
+            },
+        ));
         Pixgate {
             addr,
+            state,
             shutdown: Some(tx),
             done: Some(done),
         }

@@ -543,34 +543,27 @@ async fn a_full_queue_answers_503_with_retry_after() {
     raw.request_timeout = 120.0;
     raw.download_timeout = 60.0;
     let px = Pixgate::start(raw).await;
-    // A job that holds the worker for about a second: a 2500 px decode, blur, PNG encode.
-    let slow = format!(
-        "/insecure/rs:fit:2500:0/bl:15/f:png/plain/{}",
-        origin.url("f/photos/lomiri16_seeding_baseline.jpg")
-    );
+    // Jobs that hold the worker for about a second: a 2500 px decode, blur, PNG encode.
+    // Two different URLs (identical ones would be coalesced into one job by the cache).
+    let src = origin.url("f/photos/lomiri16_seeding_baseline.jpg");
+    let slow_a = px.url(&format!("/insecure/rs:fit:2500:0/bl:15/f:png/plain/{src}"));
+    let slow_b = px.url(&format!("/insecure/rs:fit:2500:0/bl:16/f:png/plain/{src}"));
     let quick = format!(
         "/insecure/w:20/plain/{}",
         origin.url("f/photos/lomiri16_Wine_by_Jakkub_Mede.jpg")
     );
-    let slow_url = px.url(&slow);
-    let u = slow_url.clone();
-    let first = tokio::spawn(async move { get(&u, &[]).await });
-    origin.wait_hits(1).await;
-    let second = tokio::spawn(async move { get(&slow_url, &[]).await });
-    // Once the first job holds the worker and the second waits in the only queue slot, a
-    // third request is turned away. Until both slow jobs have reached the gate, quick
-    // requests still pass; the slow jobs run for seconds, so this ends long before.
-    let third = loop {
-        assert!(
-            !first.is_finished(),
-            "the slow job ended before the queue was seen full"
-        );
-        let r = get(&px.url(&quick), &[]).await;
-        if r.status == 503 {
-            break r;
-        }
-        assert_eq!(r.status, 200, "{}", r.code());
+    let stats = &px.state.gate.stats;
+    let wait = |what: &'static str, cond: fn(usize, usize) -> bool| async move {
+        let w = tokio::time::timeout(Duration::from_secs(60), stats.wait_until(cond)).await;
+        assert!(w.is_ok(), "gate never reached: {what}");
     };
+    let first = tokio::spawn(async move { get(&slow_a, &[]).await });
+    wait("one busy worker", |busy, _| busy == 1).await;
+
+    let second = tokio::spawn(async move { get(&slow_b, &[]).await });
+    wait("one waiting job", |_, waiting| waiting == 1).await;
+    let third = px.get(&quick).await;
+    assert_eq!(third.status, 503);
     assert_eq!(third.code(), "queue-full");
     assert_eq!(third.header("retry-after"), Some("1"));
     assert_eq!(first.await.unwrap().status, 200);
