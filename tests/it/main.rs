@@ -1,6 +1,7 @@
 //! The one integration test binary: the engine, the real `pixgate` binary and the server
 //! against the shared fixtures and a real local origin.
 
+mod cache;
 mod cli;
 mod formats;
 mod golden;
