@@ -16,6 +16,7 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 cargo build --release --quiet
 work=$(mktemp -d)
+chmod 755 "$work"   # nginx workers run unprivileged
 cleanup() {
   [ -n "${px_pid:-}" ] && kill "$px_pid" 2>/dev/null || true
   [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
@@ -27,7 +28,7 @@ PIXGATE_LOG_LEVEL=warn ./target/release/pixgate serve --listen 127.0.0.1:0 >"$wo
 px_pid=$!
 until grep -q "listening on" "$work/px.out" 2>/dev/null; do
   kill -0 "$px_pid" || { cat "$work/px.err"; exit 1; }
-  read -r -t 0.05 < /dev/zero || true
+  sleep 0.05
 done
 px_addr=$(sed -n 's/^listening on //p' "$work/px.out")
 path="/insecure/rs:fit:400:0/f:webp/plain/local:///seeding.jpg"
@@ -35,7 +36,7 @@ curl -sf -o "$work/static.webp" "http://$px_addr$path"   # warms the cache
 
 ng_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cat >"$work/nginx.conf" <<CONF
-worker_processes 1;
+worker_processes auto;
 pid $work/nginx.pid;
 error_log $work/nginx.err warn;
 events { worker_connections 1024; }
@@ -48,7 +49,7 @@ http {
 }
 CONF
 "$NGINX" -c "$work/nginx.conf"
-until curl -sf -o /dev/null "http://127.0.0.1:$ng_port/static.webp"; do read -r -t 0.05 < /dev/zero || true; done
+until curl -sf -o /dev/null "http://127.0.0.1:$ng_port/static.webp"; do sleep 0.05; done
 
 run() { wrk -t1 -c16 -d"${secs}s" --latency "$1" | tee "$work/wrk.out" >&2; awk '/Requests\/sec/ {print $2}' "$work/wrk.out"; }
 echo "== pixgate cache hit: $path ($(stat -c %s "$work/static.webp") bytes)" >&2
