@@ -188,22 +188,10 @@ fn px_addr(url: &str) -> String {
 
 #[test]
 fn etags_agree_between_separately_started_processes() {
-    use std::io::{BufRead, BufReader};
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut etags = Vec::new();
     for _ in 0..2 {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pixgate"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("PIXGATE_LOG_LEVEL", "warn")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line.trim().trim_start_matches("listening on ").to_string();
+        let (mut child, addr) = crate::harness::spawn_binary_server();
         let r = rt.block_on(get(
             &format!("http://{addr}/insecure/rs:fit:100:0/plain/local:///friends.jpg"),
             &[],

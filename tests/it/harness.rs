@@ -130,3 +130,26 @@ pub async fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> Reply
 pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
     request("GET", url, headers).await
 }
+
+/// Starts the real `pixgate serve --listen 127.0.0.1:0` binary and returns it with the
+/// address from its `listening on ADDR` line (readiness is that line, not a delay).
+pub fn spawn_binary_server() -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pixgate"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("PIXGATE_LOG_LEVEL", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+        .to_string();
+    (child, addr)
+}

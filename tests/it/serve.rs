@@ -626,23 +626,7 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
 
 #[test]
 fn the_binary_serves_and_exits_cleanly_on_sigterm() {
-    use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pixgate"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("PIXGATE_LOG_LEVEL", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("{line}"))
-        .to_string();
+    let (mut child, addr) = crate::harness::spawn_binary_server();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let r = rt.block_on(get(
         &format!("http://{addr}/insecure/rs:fit:64:0/plain/local:///seeding.jpg"),
@@ -704,5 +688,40 @@ async fn the_whole_request_timeout_answers_503() {
     assert_eq!((r.status, r.code().as_str()), (503, "request-timeout"));
     assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(px.get("/health").await.status, 200);
+    px.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_wait_for_a_free_slot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut raw = test_config();
+    raw.max_connections = 1;
+    let px = Pixgate::start(raw).await;
+    let req = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+    async fn response(s: &mut tokio::net::TcpStream) -> String {
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+    let mut a = tokio::net::TcpStream::connect(px.addr).await.unwrap();
+    a.write_all(req).await.unwrap();
+    assert!(response(&mut a).await.starts_with("HTTP/1.1 200"));
+    // B connects (the kernel completes the handshake) and asks, but is not served while A
+    // holds the only slot: A's next request round trip completes first.
+    let mut b = tokio::net::TcpStream::connect(px.addr).await.unwrap();
+    b.write_all(req).await.unwrap();
+    a.write_all(req).await.unwrap();
+    assert!(response(&mut a).await.starts_with("HTTP/1.1 200"));
+    let mut probe = [0u8; 1];
+    assert!(
+        matches!(b.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "B was served while A held the only connection slot"
+    );
+    drop(a);
+    let got = tokio::time::timeout(Duration::from_secs(30), response(&mut b)).await;
+    assert!(
+        got.is_ok_and(|r| r.starts_with("HTTP/1.1 200")),
+        "B is served once A leaves"
+    );
     px.stop().await;
 }
