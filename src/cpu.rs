@@ -136,13 +136,17 @@ mod tests {
         Instant::now() + Duration::from_secs(60)
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn queue_overflow_is_refused_and_slots_come_back() {
-        let gate = Arc::new(CpuGate::new(1, 1));
+    /// Starts a job that holds the worker until released; returns once it is running.
+    async fn hold_worker(
+        gate: &Arc<CpuGate>,
+    ) -> (
+        tokio::task::JoinHandle<Result<i32, GateError>>,
+        std::sync::mpsc::Sender<()>,
+    ) {
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
         let g = gate.clone();
-        let first = tokio::spawn(async move {
+        let job = tokio::spawn(async move {
             g.run(far(), move || {
                 started_tx.send(()).unwrap();
                 release_rx.recv().unwrap();
@@ -153,6 +157,13 @@ mod tests {
         tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
             .await
             .unwrap();
+        (job, release_tx)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queue_overflow_is_refused_and_slots_come_back() {
+        let gate = Arc::new(CpuGate::new(1, 1));
+        let (first, release_tx) = hold_worker(&gate).await;
         let g = gate.clone();
         let second = tokio::spawn(async move { g.run(far(), || 2).await });
         // The second job holds the only queue slot once it is waiting for the worker.
@@ -177,19 +188,7 @@ mod tests {
     #[tokio::test]
     async fn the_deadline_bounds_the_wait() {
         let gate = Arc::new(CpuGate::new(1, 1));
-        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-        let (started_tx, started_rx) = std::sync::mpsc::channel();
-        let g = gate.clone();
-        let first = tokio::spawn(async move {
-            g.run(far(), move || {
-                started_tx.send(()).unwrap();
-                release_rx.recv().unwrap();
-            })
-            .await
-        });
-        tokio::task::spawn_blocking(move || started_rx.recv().unwrap())
-            .await
-            .unwrap();
+        let (first, release_tx) = hold_worker(&gate).await;
         let past = Instant::now();
         assert_eq!(gate.run(past, || ()).await, Err(GateError::Deadline));
         release_tx.send(()).unwrap();
