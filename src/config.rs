@@ -12,6 +12,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::format::Format;
 use crate::pixels::{EncoderConfig, EngineConfig, JpegMode, WebpMode};
+use crate::policy::{OnError, PolicySettings, VmLimits};
 use crate::request::options::{Options, Presets};
 
 /// One signing key/salt pair (hex in the file), naming the tenant it authenticates.
@@ -111,6 +112,20 @@ pub struct RawConfig {
     pub auto_format: bool,
     /// imgproxy's ENFORCE_*: negotiate from `Accept` even when the URL names a format.
     pub enforce_format: bool,
+    /// The Lua policy. Unset: `lua/policy.lua` when it exists, else no policy (everything
+    /// allowed, said at start). Empty string: no policy. A path that does not exist is an error.
+    pub policy_file: Option<String>,
+    /// `allow` or `deny` a request when `decide` fails at run time.
+    pub policy_on_error: String,
+    /// Memory cap of one policy VM, bytes.
+    pub policy_memory_limit: u64,
+    /// Lua instructions one `decide` call may run.
+    pub policy_max_instructions: u64,
+    /// Rate-limit buckets held at once (refilled buckets are swept and cost nothing).
+    pub policy_max_buckets: usize,
+    /// Proxies (addresses or CIDR blocks) whose `X-Forwarded-For`/`X-Real-IP` are believed.
+    #[serde(deserialize_with = "string_or_list")]
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for RawConfig {
@@ -164,6 +179,22 @@ impl Default for RawConfig {
             source_cache_ttl: 3_600.0,
             auto_format: true,
             enforce_format: false,
+            policy_file: None,
+            policy_on_error: "allow".into(),
+            policy_memory_limit: 64 * 1024 * 1024,
+            policy_max_instructions: 200_000,
+            policy_max_buckets: 1_000_000,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+impl RawConfig {
+    /// The memory cap and instruction budget of each policy VM.
+    pub fn policy_limits(&self) -> VmLimits {
+        VmLimits {
+            memory: usize::try_from(self.policy_memory_limit).unwrap_or(usize::MAX),
+            instructions: i64::try_from(self.policy_max_instructions).unwrap_or(i64::MAX),
         }
     }
 }
@@ -266,7 +297,29 @@ pub struct Config {
     pub local_root: PathBuf,
     pub allowed_sources: Vec<String>,
     pub allowed_source_networks: Vec<Network>,
+    /// `None`: no policy, every request allowed.
+    pub policy: Option<PolicySettings>,
+    pub trusted_proxies: Vec<Network>,
 }
+
+impl Config {
+    /// What URL parsing needs, at time `now_unix` (for `exp`).
+    pub fn url_context(&self, now_unix: i64) -> crate::request::url::UrlContext<'_> {
+        crate::request::url::UrlContext {
+            keys: &self.keys,
+            signature_size: self.raw.signature_size,
+            trusted_signatures: &self.raw.trusted_signatures,
+            presets: &self.presets,
+            only_presets: self.raw.only_presets,
+            allow_security_options: self.raw.allow_security_options,
+            defaults: &self.defaults,
+            now_unix,
+        }
+    }
+}
+
+/// Where the shipped default policy is looked for when `policy_file` is unset.
+pub const DEFAULT_POLICY_FILE: &str = "lua/policy.lua";
 
 /// Where the bundled sample images live: next to the executable's crate when run from a
 /// checkout, which is what `cargo run` does.
@@ -544,6 +597,50 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
     if raw.max_result_resolution.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
         p.push("max_result_resolution must be > 0".into());
     }
+    let on_error = match raw.policy_on_error.as_str() {
+        "allow" => OnError::Allow,
+        "deny" => OnError::Deny,
+        other => {
+            p.push(format!(
+                "policy_on_error: `{other}` is not `allow` or `deny`"
+            ));
+            OnError::Allow
+        }
+    };
+    let policy_file = match raw.policy_file.as_deref() {
+        None => Some(PathBuf::from(DEFAULT_POLICY_FILE)).filter(|f| f.is_file()),
+        Some("") => None,
+        Some(f) => {
+            if !Path::new(f).is_file() {
+                p.push(format!("policy_file: {f} is not a file"));
+            }
+            Some(PathBuf::from(f))
+        }
+    };
+    if raw.policy_memory_limit < 1024 * 1024 {
+        p.push("policy_memory_limit must be at least 1048576 bytes".into());
+    }
+    if !(1000..=1_000_000_000).contains(&raw.policy_max_instructions) {
+        p.push("policy_max_instructions is not within 1000..=1000000000".into());
+    }
+    if raw.policy_max_buckets == 0 {
+        p.push("policy_max_buckets must be > 0".into());
+    }
+    let policy = policy_file.map(|file| PolicySettings {
+        file,
+        on_error,
+        limits: raw.policy_limits(),
+        max_buckets: raw.policy_max_buckets,
+    });
+    let mut trusted_proxies = Vec::new();
+    for n in &raw.trusted_proxies {
+        match Network::parse(n) {
+            Some(net) => trusted_proxies.push(net),
+            None => p.push(format!(
+                "trusted_proxies: `{n}` is not an address or CIDR block"
+            )),
+        }
+    }
     if !matches!(raw.log_format.as_str(), "text" | "json") {
         p.push(format!(
             "log_format: `{}` is not `text` or `json`",
@@ -612,6 +709,8 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         local_root,
         allowed_sources: raw.allowed_sources.clone(),
         allowed_source_networks: networks,
+        policy,
+        trusted_proxies,
         raw,
     })
 }

@@ -3,10 +3,13 @@
 //! detail (decoder messages, addresses, paths) stays in `Display` for logs and never reaches a
 //! response body.
 
+use std::borrow::Cow;
+
 use crate::cpu::GateError;
 use crate::origin::OriginError;
 use crate::pixels::{DecodeError, EncodeError, PixelError, ProbeError};
 use crate::plan::PlanError;
+use crate::policy::{Limited, PolicyError};
 use crate::request::options::OptionsError;
 use crate::request::url::UrlError;
 
@@ -27,6 +30,18 @@ pub enum Error {
     Timeout,
     #[error("no such route")]
     NotFound,
+    /// The policy refused the request with its own status and client-facing reason.
+    #[error("refused by the policy ({status}): {reason}")]
+    Denied {
+        status: u16,
+        reason: String,
+        retry_after: Option<u64>,
+    },
+    #[error("rate limited (bucket full: {}, retry in {:?})", .0.table_full, .0.retry_after)]
+    Limited(Limited),
+    /// `decide` failed and the policy's `on_error` is `deny`.
+    #[error("policy failed: {0}")]
+    PolicyFailed(PolicyError),
 }
 
 impl Error {
@@ -57,6 +72,9 @@ impl Error {
             Error::Gate(GateError::Panicked(_)) => 500,
             Error::Gate(_) | Error::Timeout => 503,
             Error::NotFound => 404,
+            Error::Denied { status, .. } => *status,
+            Error::Limited(_) => 429,
+            Error::PolicyFailed(_) => 503,
         }
     }
 
@@ -105,12 +123,19 @@ impl Error {
             Error::Gate(GateError::Deadline) | Error::Timeout => "request-timeout",
             Error::Gate(GateError::Panicked(_)) => "internal-error",
             Error::NotFound => "not-found",
+            Error::Denied { .. } => "policy-denied",
+            Error::Limited(_) => "rate-limited",
+            Error::PolicyFailed(_) => "policy-error",
         }
     }
 
     /// The text a client may see: no internal detail.
-    pub fn public_message(&self) -> &'static str {
-        match self.code() {
+    pub fn public_message(&self) -> Cow<'static, str> {
+        // The policy's reason is written by the operator for clients (e.g. "upgrade your plan").
+        if let Error::Denied { reason, .. } = self {
+            return Cow::Owned(reason.clone());
+        }
+        Cow::Borrowed(match self.code() {
             "expired-url" => "The URL has expired",
             "security-option-forbidden" => "Security options are not allowed",
             "invalid-url" | "unknown-preset" => "Invalid URL",
@@ -134,13 +159,20 @@ impl Error {
             "queue-full" => "Too many requests are being processed; retry shortly",
             "request-timeout" => "Timeout",
             "not-found" => "Not found",
+            "rate-limited" => "Rate limit exceeded",
+            "policy-error" => "The request could not be checked; retry shortly",
             _ => "Internal error",
-        }
+        })
     }
 
     /// Seconds for `Retry-After` on overload answers.
-    pub fn retry_after(&self) -> Option<u32> {
-        matches!(self.status(), 503).then_some(1)
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            // Whole seconds, rounded up: retrying at the stated time must succeed.
+            Error::Limited(l) => Some(l.retry_after.as_secs_f64().ceil().max(1.0) as u64),
+            Error::Denied { retry_after, .. } => *retry_after,
+            _ => matches!(self.status(), 503).then_some(1),
+        }
     }
 
     /// Whether this is our fault (logged as an error) rather than the client's or origin's.
@@ -242,8 +274,30 @@ mod tests {
         assert_eq!(Error::from(OriginError::NotAllowed).retry_after(), None);
         let ops = Error::from(PixelError::Ops(crate::pixels::OpsError::Resize("x".into())));
         assert_eq!(
-            (ops.status(), ops.public_message()),
+            (ops.status(), ops.public_message().as_ref()),
             (500, "Internal error")
+        );
+        let denied = Error::Denied {
+            status: 402,
+            reason: "Upgrade your plan".into(),
+            retry_after: None,
+        };
+        assert_eq!(
+            (
+                denied.status(),
+                denied.code(),
+                denied.public_message().as_ref()
+            ),
+            (402, "policy-denied", "Upgrade your plan")
+        );
+        let limited = Error::Limited(crate::policy::Limited {
+            retry_after: std::time::Duration::from_millis(1200),
+            limit: 5,
+            table_full: false,
+        });
+        assert_eq!(
+            (limited.status(), limited.code(), limited.retry_after()),
+            (429, "rate-limited", Some(2))
         );
     }
 }

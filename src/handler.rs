@@ -2,20 +2,23 @@
 //! probe and plan → pixel job through the CPU gate → response. Every failure is an [`Error`]
 //! turned into a response in one place; one log line per request.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use hyper::body::Incoming;
-use hyper::header::{ACCEPT, HeaderValue, IF_NONE_MATCH, SERVER};
+use hyper::header::{ACCEPT, HeaderValue, IF_NONE_MATCH, REFERER, SERVER, USER_AGENT};
 use hyper::{Method, Request, Response};
 
 use crate::cache::{Outcome, Store};
+use crate::client;
 use crate::config::Config;
 use crate::cpu::CpuGate;
 use crate::error::Error;
 use crate::negotiate::{self, FormatChoice};
 use crate::origin::{Origin, OriginError, SourceBytes};
 use crate::pixels;
+use crate::policy::{Policy, PolicyError, PolicyRequest, Verdict};
 use crate::request::url::{self, ParsedRequest, UrlContext};
 use crate::response::{self, Body, CachedResult};
 
@@ -28,12 +31,20 @@ pub struct State {
     pub results: Store<[u8; 32], CachedResult>,
     /// Fetched sources by URL.
     pub sources: Store<String, SourceBytes>,
+    /// The operator's Lua policy; `None` allows everything.
+    pub policy: Option<Arc<Policy>>,
 }
 
 impl State {
-    pub fn new(config: Config) -> State {
+    /// Fails when the policy script does not load.
+    pub fn new(config: Config) -> Result<State, PolicyError> {
         let c = &config;
-        State {
+        let policy = match &c.policy {
+            Some(settings) => Some(Arc::new(Policy::load(settings.clone())?)),
+            None => None,
+        };
+        Ok(State {
+            policy,
             origin: Origin::new(c),
             gate: CpuGate::new(c.workers, c.raw.queue_size),
             results: Store::new(
@@ -44,21 +55,11 @@ impl State {
             ),
             sources: Store::new(c.raw.source_cache_size, c.source_cache_ttl, None, 0.5),
             config,
-        }
+        })
     }
 
     fn url_context(&self, now_unix: i64) -> UrlContext<'_> {
-        let c = &self.config;
-        UrlContext {
-            keys: &c.keys,
-            signature_size: c.raw.signature_size,
-            trusted_signatures: &c.raw.trusted_signatures,
-            presets: &c.presets,
-            only_presets: c.raw.only_presets,
-            allow_security_options: c.raw.allow_security_options,
-            defaults: &c.defaults,
-            now_unix,
-        }
+        self.config.url_context(now_unix)
     }
 
     /// The source, from the source cache or the origin (one fetch for concurrent callers).
@@ -90,8 +91,8 @@ struct Trace {
     cache: Option<Outcome>,
 }
 
-/// Serves one request.
-pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+/// Serves one request from `peer`.
+pub async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let start = Instant::now();
     let request_id = request_id(req.headers().get("x-request-id"));
     let method = req.method().clone();
@@ -113,11 +114,20 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
         (&Method::GET | &Method::HEAD, "/health") => Ok(response::health()),
         (&Method::GET | &Method::HEAD, p) if p != "/" && p != "/favicon.ico" => {
             let timeout = state.config.request_timeout;
+            let caller = state.policy.as_ref().map(|_| Caller {
+                ip: client::client_ip(peer.ip(), req.headers(), &state.config.trusted_proxies),
+                key: client::api_key(req.headers(), req.uri().query()),
+                method: method.as_str(),
+                path,
+                referer: header(REFERER),
+                user_agent: header(USER_AGENT),
+            });
             let work = transform(
                 &state,
                 &target,
                 accept.as_deref(),
                 inm.as_deref(),
+                caller,
                 &mut trace,
             );
             match tokio::time::timeout(timeout, work).await {
@@ -177,11 +187,73 @@ fn result_key(req: &ParsedRequest, choice: FormatChoice) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// The request as the policy needs it, gathered while the headers are at hand.
+pub struct Caller<'a> {
+    pub ip: std::net::IpAddr,
+    pub key: Option<String>,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub referer: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl Caller<'_> {
+    /// The `req` table's contents for a parsed URL.
+    pub fn view(self, parsed: &ParsedRequest, choice: FormatChoice) -> PolicyRequest {
+        let o = &parsed.options;
+        let scaled = |v: u32| {
+            (v > 0).then(|| (f64::from(v) * o.dpr).round().min(f64::from(u32::MAX)) as u32)
+        };
+        let (source_host, source_url) = match &parsed.source {
+            url::Source::Http(u) => (
+                u.parse::<hyper::Uri>()
+                    .ok()
+                    .and_then(|u| u.host().map(str::to_ascii_lowercase)),
+                Some(u.clone()),
+            ),
+            url::Source::Local(_) => (None, Some(parsed.source.url())),
+        };
+        PolicyRequest {
+            tenant: parsed.signer.tenant().map(str::to_string),
+            key: self.key,
+            ip: self.ip.to_string(),
+            method: self.method.to_string(),
+            path: self.path.to_string(),
+            source_host,
+            source_url,
+            format: choice.format().map(|f| f.ext().to_string()),
+            width: scaled(o.width),
+            height: scaled(o.height),
+            referer: self.referer,
+            user_agent: self.user_agent,
+        }
+    }
+}
+
+/// Runs the policy; `Ok` when the request may proceed.
+fn admit(policy: &Policy, view: &PolicyRequest) -> Result<(), Error> {
+    match policy.check(view) {
+        Verdict::Allow => Ok(()),
+        Verdict::Deny {
+            status,
+            reason,
+            retry_after,
+        } => Err(Error::Denied {
+            status,
+            reason,
+            retry_after,
+        }),
+        Verdict::Limited(l) => Err(Error::Limited(l)),
+        Verdict::Failed(e) => Err(Error::PolicyFailed(e)),
+    }
+}
+
 async fn transform(
     state: &Arc<State>,
     target: &str,
     accept: Option<&str>,
     if_none_match: Option<&str>,
+    caller: Option<Caller<'_>>,
     trace: &mut Trace,
 ) -> Result<Response<Body>, Error> {
     let now = crate::now_unix();
@@ -193,6 +265,10 @@ async fn transform(
         c.raw.auto_format,
         c.raw.enforce_format,
     );
+    // Before the cache: limits count hits too.
+    if let (Some(policy), Some(caller)) = (&state.policy, caller) {
+        admit(policy, &caller.view(&parsed, choice))?;
+    }
     let key = result_key(&parsed, choice);
     let ttl = c.raw.ttl;
     if let Some(hit) = state.results.get(&key).await {

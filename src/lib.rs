@@ -1,10 +1,13 @@
 //! pixgate: an imgproxy-compatible image transform proxy.
 //!
 //! ```text
-//! server::run        listener → connections (HTTP/1.1 + HTTP/2), cap, graceful shutdown
+//! server::run        listener → connections (HTTP/1.1 + HTTP/2), cap, graceful shutdown;
+//!                    policy::Policy::watch reloads the Lua policy on edits and SIGHUP
 //! handler::handle    one request, top to bottom:
 //!   request::url       raw path → ParsedRequest (signature checked, then options)  404/403
 //!   negotiate          options + Accept → format decision (never the raw header)
+//!   policy::Policy     client (client::client_ip, api_key) + parsed URL → Lua decide(req)
+//!                      in a pooled sandboxed VM → governor bucket       401/402/403/429/503
 //!   cache::Store       result key → cached answer (hit, 304) or one coalesced fill:
 //!   origin::fetch      Source → SourceBytes via the source cache (guarded, bounded)
 //!                                                                     404/4xx/502/504/422
@@ -18,6 +21,7 @@
 //! ```
 
 pub mod cache;
+pub mod client;
 pub mod config;
 pub mod cpu;
 pub mod error;
@@ -27,6 +31,7 @@ pub mod negotiate;
 pub mod origin;
 pub mod pixels;
 pub mod plan;
+pub mod policy;
 pub mod request;
 pub mod response;
 pub mod server;

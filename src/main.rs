@@ -47,6 +47,11 @@ enum Command {
         #[arg(long)]
         tenant: Option<String>,
     },
+    /// Check or try a Lua policy before deploying it.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Run the whole engine on one file: `pixgate transform in.jpg rs:fit:800:0/f:webp out.webp`.
     Transform {
         /// Source image (any supported format; sniffed from its bytes).
@@ -62,6 +67,41 @@ enum Command {
         /// Largest source resolution in megapixels (checked from the header).
         #[arg(long, default_value_t = 50.0)]
         max_src_resolution: f64,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Compile FILE and run it against the canned requests a live reload uses; prints each
+    /// decision as a JSON line. Exit status 1 with the Lua error (file:line) when it fails.
+    Check {
+        file: PathBuf,
+        /// TOML configuration (for the memory and instruction limits).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run `decide` once for a request described by flags; prints the decision as JSON.
+    Eval {
+        file: PathBuf,
+        /// The request path, e.g. `/insecure/rs:fit:300:0/plain/https://img.example.com/a.jpg`.
+        #[arg(long, default_value = "/insecure/plain/local:///seeding.jpg")]
+        path: String,
+        /// API key (as sent in `X-Api-Key`).
+        #[arg(long)]
+        key: Option<String>,
+        /// Client address.
+        #[arg(long, default_value = "127.0.0.1")]
+        ip: std::net::IpAddr,
+        #[arg(long, default_value = "GET")]
+        method: String,
+        #[arg(long)]
+        referer: Option<String>,
+        /// `Accept` header, for `format` when the URL leaves it to negotiation.
+        #[arg(long)]
+        accept: Option<String>,
+        /// TOML configuration (signing keys give `tenant`; limits).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -117,11 +157,26 @@ fn serve(file: Option<PathBuf>, flags: Flags) -> ExitCode {
         if cfg.keys.is_empty() {
             tracing::info!("signing is off: any signature segment is accepted (use `insecure`)");
         }
-        tracing::info!(local_root = %cfg.local_root.display(), workers = cfg.workers, "ready");
+        let (local_root, workers) = (cfg.local_root.clone(), cfg.workers);
+        let state = match pixgate::handler::State::new(cfg) {
+            Ok(s) => std::sync::Arc::new(s),
+            Err(e) => {
+                eprintln!("pixgate: the policy does not load: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        match &state.policy {
+            Some(p) => tracing::info!(file = %p.file().display(), generation = p.generation(), "policy loaded"),
+            None => tracing::info!(
+                "no policy file ({} absent or policy_file = \"\"): every request is allowed without limits",
+                pixgate::config::DEFAULT_POLICY_FILE
+            ),
+        }
+        tracing::info!(local_root = %local_root.display(), workers, "ready");
         println!("listening on {addr}");
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        match pixgate::server::run(listener, cfg, shutdown_signal()).await {
+        match pixgate::server::serve(listener, state, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("pixgate: server error: {e}");
@@ -212,6 +267,117 @@ fn transform(
     ExitCode::SUCCESS
 }
 
+fn policy(command: PolicyCommand) -> ExitCode {
+    use pixgate::policy;
+    let (file, config) = match &command {
+        PolicyCommand::Check { file, config } | PolicyCommand::Eval { file, config, .. } => {
+            (file.clone(), config.clone())
+        }
+    };
+    // The file under test replaces whatever policy the configuration names.
+    let flags = Flags::default();
+    let vars = std::env::vars().filter(|(k, _)| k != "PIXGATE_POLICY_FILE");
+    let mut cfg = match config::load(config.as_deref(), vars, &flags) {
+        Ok(c) => c,
+        Err(problems) => {
+            eprintln!("pixgate: invalid configuration:");
+            for p in problems {
+                eprintln!("  - {p}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    cfg.policy = None;
+    let script = match policy::read_script(&file) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("pixgate: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let limits = cfg.raw.policy_limits();
+    match command {
+        PolicyCommand::Check { .. } => match policy::check_script(&script, limits) {
+            Ok(decisions) => {
+                for (req, d) in decisions {
+                    let mut line = d.to_json();
+                    line["request"] = serde_json::json!(format!(
+                        "{} {} from {}{}",
+                        req.method,
+                        req.path,
+                        req.ip,
+                        req.key.map(|k| format!(" key {k}")).unwrap_or_default()
+                    ));
+                    println!("{line}");
+                }
+                println!("policy ok: {}", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pixgate: policy check failed: {e}");
+                ExitCode::from(1)
+            }
+        },
+        PolicyCommand::Eval {
+            path,
+            key,
+            ip,
+            method,
+            referer,
+            accept,
+            ..
+        } => {
+            let caller = pixgate::handler::Caller {
+                ip,
+                key,
+                method: &method,
+                path: path.split('?').next().unwrap_or_default(),
+                referer,
+                user_agent: None,
+            };
+            let req = match pixgate::request::url::parse(
+                &path,
+                &cfg.url_context(pixgate::now_unix()),
+            ) {
+                Ok(parsed) => {
+                    let (choice, _) = pixgate::negotiate::negotiate(
+                        parsed.options.format,
+                        accept.as_deref(),
+                        cfg.raw.auto_format,
+                        cfg.raw.enforce_format,
+                    );
+                    caller.view(&parsed, choice)
+                }
+                Err(e) => {
+                    // The server would answer this URL with an error before the policy runs;
+                    // still show what the policy says about the rest of the request.
+                    eprintln!(
+                        "pixgate: note: the path does not parse ({e}); tenant, source and size are nil"
+                    );
+                    policy::PolicyRequest {
+                        ip: caller.ip.to_string(),
+                        key: caller.key,
+                        method: caller.method.to_string(),
+                        path: caller.path.to_string(),
+                        referer: caller.referer,
+                        ..Default::default()
+                    }
+                }
+            };
+            match policy::eval_once(&script, limits, &req) {
+                Ok(d) => {
+                    println!("{}", d.to_json());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("pixgate: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve {
@@ -231,5 +397,6 @@ fn main() -> ExitCode {
             fast,
             max_src_resolution,
         } => transform(input, options, output, fast, max_src_resolution),
+        Command::Policy { command } => policy(command),
     }
 }

@@ -188,11 +188,10 @@ pub fn health() -> Response<Body> {
 
 /// The JSON error response: stable code, public message, never internal detail.
 pub fn error(e: &Error) -> Response<Body> {
-    let body = format!(
-        "{{\"error\":{{\"code\":\"{}\",\"message\":\"{}\"}}}}",
-        e.code(),
-        e.public_message()
-    );
+    let body = serde_json::json!({
+        "error": { "code": e.code(), "message": e.public_message() }
+    })
+    .to_string();
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let h = r.headers_mut();
@@ -203,6 +202,16 @@ pub fn error(e: &Error) -> Response<Body> {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Some(s) = e.retry_after() {
         h.insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    if let Error::Limited(l) = e {
+        // draft-ietf-httpapi-ratelimit-headers; only on 429s, because image responses are
+        // cached by CDNs and a per-client counter in them would be served to other clients.
+        h.insert("ratelimit-limit", HeaderValue::from(l.limit));
+        h.insert("ratelimit-remaining", HeaderValue::from(0));
+        h.insert(
+            "ratelimit-reset",
+            HeaderValue::from(e.retry_after().unwrap_or(1)),
+        );
     }
     r
 }

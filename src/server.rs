@@ -21,7 +21,8 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    serve(listener, Arc::new(State::new(config)), shutdown).await
+    let state = State::new(config).map_err(std::io::Error::other)?;
+    serve(listener, Arc::new(state), shutdown).await
 }
 
 /// [`run`] with a state the caller keeps a handle on (its caches and counters).
@@ -45,6 +46,8 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_concurrent_streams(256);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Reloads the policy on edits and SIGHUP for as long as we serve.
+    let watcher = state.policy.clone().map(|p| tokio::spawn(p.watch()));
     tokio::pin!(shutdown);
     loop {
         // Over the cap, connections wait in the kernel's accept queue.
@@ -68,7 +71,7 @@ pub async fn serve(
         let state = state.clone();
         let service = service_fn(move |req| {
             let state = state.clone();
-            async move { Ok::<_, std::convert::Infallible>(handler::handle(state, req).await) }
+            async move { Ok::<_, std::convert::Infallible>(handler::handle(state, req, peer).await) }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
@@ -82,6 +85,9 @@ pub async fn serve(
         });
     }
     drop(listener);
+    if let Some(w) = watcher {
+        w.abort();
+    }
     tracing::info!("shutting down: draining connections");
     if tokio::time::timeout(shutdown_timeout, graceful.shutdown())
         .await

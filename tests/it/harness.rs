@@ -27,6 +27,9 @@ pub fn test_config() -> RawConfig {
         download_timeout: 2.0,
         request_timeout: 20.0,
         log_level: "warn".into(),
+        // Tests that are not about policies run without one (the shipped policy would
+        // rate-limit their bursts); tests/it/policy.rs sets its own.
+        policy_file: Some(String::new()),
         ..RawConfig::default()
     }
 }
@@ -37,7 +40,7 @@ impl Pixgate {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let state = std::sync::Arc::new(pixgate::handler::State::new(cfg));
+        let state = std::sync::Arc::new(pixgate::handler::State::new(cfg).expect("policy loads"));
         let done = tokio::spawn(pixgate::server::serve(
             listener,
             state.clone(),
@@ -134,12 +137,23 @@ pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
 /// Starts the real `pixgate serve --listen 127.0.0.1:0` binary and returns it with the
 /// address from its `listening on ADDR` line (readiness is that line, not a delay).
 pub fn spawn_binary_server() -> (std::process::Child, String) {
+    spawn_binary(&[("PIXGATE_LOG_LEVEL", "warn")], false)
+}
+
+/// [`spawn_binary_server`] with extra environment; with `capture_stderr` the log is left in
+/// `child.stderr` for the test to read.
+pub fn spawn_binary(env: &[(&str, &str)], capture_stderr: bool) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pixgate"))
         .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("PIXGATE_LOG_LEVEL", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(if capture_stderr {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .unwrap();
     let mut line = String::new();

@@ -9,5 +9,6 @@ mod harness;
 mod hostile;
 mod manifest;
 mod origin;
+mod policy;
 mod serve;
 mod support;

@@ -1,0 +1,27 @@
+-- Each customer may only transform images from its own origins. The customer is the
+-- signing tenant (keys in the config) or, for unsigned setups, the API key.
+local origins = {
+  acme = { "img.acme.example", ".cdn.acme.example" },   -- ".x" also allows subdomains
+  globex = { "static.globex.example" },
+}
+
+local function host_allowed(host, list)
+  for _, allowed in ipairs(list) do
+    if host == allowed then return true end
+    if allowed:sub(1, 1) == "." and host:sub(-#allowed) == allowed then return true end
+  end
+  return false
+end
+
+function decide(req)
+  local customer = req.tenant or req.key
+  local list = customer and origins[customer]
+  if list == nil then
+    return { allow = false, status = 401, reason = "Unknown customer" }
+  end
+  -- local:// sources (no host) are the operator's own files.
+  if req.source_host ~= nil and not host_allowed(req.source_host, list) then
+    return { allow = false, status = 403, reason = "Source host not allowed for this account" }
+  end
+  return { allow = true, bucket = "customer:" .. customer, rate = 500, burst = 1000 }
+end
