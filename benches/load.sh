@@ -29,7 +29,7 @@ trap cleanup EXIT
 
 # start NAME POLICY_FILE: starts pixgate, sets ${NAME}_pid and ${NAME}_addr.
 start() {
-  PIXGATE_LOG_LEVEL=warn PIXGATE_POLICY_FILE="$2" ./target/release/pixgate serve --listen 127.0.0.1:0 >"$work/$1.out" 2>"$work/$1.err" &
+  PIXGATE_LOG_LEVEL=warn PIXGATE_METRICS_LISTEN=127.0.0.1:0 PIXGATE_POLICY_FILE="$2" ./target/release/pixgate serve --listen 127.0.0.1:0 >"$work/$1.out" 2>"$work/$1.err" &
   local pid=$!
   until grep -q "listening on" "$work/$1.out" 2>/dev/null; do
     kill -0 "$pid" || { cat "$work/$1.err"; exit 1; }

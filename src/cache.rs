@@ -45,6 +45,9 @@ pub struct CacheStats {
     pub coalesced: AtomicU64,
     /// Fills that completed with a value too large to keep.
     pub too_large: AtomicU64,
+    /// Entries removed to make room, and entries removed because their time was up.
+    pub evicted: AtomicU64,
+    pub expired: AtomicU64,
 }
 
 type Slot<V> = watch::Receiver<Option<Result<Arc<V>, Error>>>;
@@ -83,8 +86,18 @@ where
         tti: Option<Duration>,
         max_entry_fraction: f64,
     ) -> Self {
+        let stats = Arc::new(CacheStats::default());
+        let counts = stats.clone();
         let mut b = moka::future::Cache::builder()
             .max_capacity(capacity)
+            .eviction_listener(move |_k, _v, cause| {
+                use moka::notification::RemovalCause;
+                match cause {
+                    RemovalCause::Size => counts.evicted.fetch_add(1, Ordering::Relaxed),
+                    RemovalCause::Expired => counts.expired.fetch_add(1, Ordering::Relaxed),
+                    _ => 0,
+                };
+            })
             // Keys are small next to images; count a fixed overhead for them and the entry.
             .weigher(|_k: &K, v: &Arc<V>| (v.weight() + 256).min(u64::from(u32::MAX)) as u32)
             .time_to_live(ttl);
@@ -95,7 +108,7 @@ where
             cache: b.build(),
             inflight: Arc::new(Mutex::new(HashMap::new())),
             max_entry: (capacity as f64 * max_entry_fraction) as u64,
-            stats: Arc::new(CacheStats::default()),
+            stats,
         }
     }
 
@@ -131,7 +144,8 @@ where
                 let cache = self.cache.clone();
                 let stats = self.stats.clone();
                 let max_entry = self.max_entry;
-                tokio::spawn(async move {
+                // The fill logs under the span of the request that started it.
+                let fill_task = async move {
                     // A fill that finished between our miss and our registration has
                     // already stored its value: use it rather than fetching again.
                     let result = match cache.get(&key).await {
@@ -149,7 +163,8 @@ where
                     // the in-flight entry goes, so no request can start a second fill.
                     drop(guard);
                     let _ = tx.send(Some(result));
-                });
+                };
+                tokio::spawn(tracing::Instrument::in_current_span(fill_task));
                 (rx, Outcome::Miss)
             }
         };

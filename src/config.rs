@@ -115,6 +115,9 @@ pub struct RawConfig {
     /// The Lua policy. Unset: `lua/policy.lua` when it exists, else no policy (everything
     /// allowed, said at start). Empty string: no policy. A path that does not exist is an error.
     pub policy_file: Option<String>,
+    /// Where `/metrics` is served (its own listener, so it is never exposed with the API);
+    /// empty: no metrics listener.
+    pub metrics_listen: String,
     /// `allow` or `deny` a request when `decide` fails at run time.
     pub policy_on_error: String,
     /// Memory cap of one policy VM, bytes.
@@ -180,6 +183,7 @@ impl Default for RawConfig {
             auto_format: true,
             enforce_format: false,
             policy_file: None,
+            metrics_listen: "127.0.0.1:9464".into(),
             policy_on_error: "allow".into(),
             policy_memory_limit: 64 * 1024 * 1024,
             policy_max_instructions: 200_000,
@@ -299,6 +303,7 @@ pub struct Config {
     pub allowed_source_networks: Vec<Network>,
     /// `None`: no policy, every request allowed.
     pub policy: Option<PolicySettings>,
+    pub metrics_listen: Option<SocketAddr>,
     pub trusted_proxies: Vec<Network>,
 }
 
@@ -597,6 +602,19 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
     if raw.max_result_resolution.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
         p.push("max_result_resolution must be > 0".into());
     }
+    let metrics_listen = if raw.metrics_listen.is_empty() {
+        None
+    } else {
+        raw.metrics_listen
+            .parse::<SocketAddr>()
+            .map_err(|_| {
+                p.push(format!(
+                    "metrics_listen: `{}` is not an address:port (or empty to disable)",
+                    raw.metrics_listen
+                ))
+            })
+            .ok()
+    };
     let on_error = match raw.policy_on_error.as_str() {
         "allow" => OnError::Allow,
         "deny" => OnError::Deny,
@@ -711,6 +729,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         allowed_source_networks: networks,
         policy,
         trusted_proxies,
+        metrics_listen,
         raw,
     })
 }

@@ -85,6 +85,19 @@ impl CpuGate {
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
+        self.run_timed(deadline, job).await.map(|(v, _)| v)
+    }
+
+    /// [`CpuGate::run`], also saying how long the job waited for a worker.
+    pub async fn run_timed<T, F>(
+        &self,
+        deadline: Instant,
+        job: F,
+    ) -> Result<(T, std::time::Duration), GateError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> T + Send + 'static,
+    {
         let slot: OwnedSemaphorePermit = match self.admission.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
@@ -93,9 +106,11 @@ impl CpuGate {
             }
         };
         self.stats.add(&self.stats.waiting, true);
+        let queued = Instant::now();
         let worker =
             tokio::time::timeout_at(deadline.into(), self.workers.clone().acquire_owned()).await;
         self.stats.add(&self.stats.waiting, false);
+        let waited = queued.elapsed();
         let worker = match worker {
             Ok(Ok(w)) => w,
             _ => return Err(GateError::Deadline),
@@ -112,7 +127,7 @@ impl CpuGate {
             out
         });
         match handle.await {
-            Ok(Ok(v)) => Ok(v),
+            Ok(Ok(v)) => Ok((v, waited)),
             Ok(Err(panic)) => {
                 self.stats.panics.fetch_add(1, Ordering::Relaxed);
                 let msg = panic

@@ -9,18 +9,20 @@ use std::time::Instant;
 use hyper::body::Incoming;
 use hyper::header::{ACCEPT, HeaderValue, IF_NONE_MATCH, REFERER, SERVER, USER_AGENT};
 use hyper::{Method, Request, Response};
+use tracing::Instrument;
 
 use crate::cache::{Outcome, Store};
 use crate::client;
 use crate::config::Config;
 use crate::cpu::CpuGate;
 use crate::error::Error;
+use crate::metrics::{Metrics, Route, Stage};
 use crate::negotiate::{self, FormatChoice};
 use crate::origin::{Origin, OriginError, SourceBytes};
 use crate::pixels;
 use crate::policy::{Policy, PolicyError, PolicyRequest, Verdict};
 use crate::request::url::{self, ParsedRequest, UrlContext};
-use crate::response::{self, Body, CachedResult};
+use crate::response::{self, Body, CachedResult, Stages};
 
 /// Everything a request needs, built once at startup.
 pub struct State {
@@ -33,6 +35,7 @@ pub struct State {
     pub sources: Store<String, SourceBytes>,
     /// The operator's Lua policy; `None` allows everything.
     pub policy: Option<Arc<Policy>>,
+    pub metrics: Metrics,
 }
 
 impl State {
@@ -45,6 +48,7 @@ impl State {
         };
         Ok(State {
             policy,
+            metrics: Metrics::new(),
             origin: Origin::new(c),
             gate: CpuGate::new(c.workers, c.raw.queue_size),
             results: Store::new(
@@ -55,6 +59,28 @@ impl State {
             ),
             sources: Store::new(c.raw.source_cache_size, c.source_cache_ttl, None, 0.5),
             config,
+        })
+    }
+
+    /// The `/metrics` text: this state's metrics with its gate, caches and policy counters.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render(&crate::metrics::Sources {
+            gate: &self.gate.stats,
+            caches: [
+                (
+                    "result",
+                    &self.results.stats,
+                    self.results.weighted_size(),
+                    self.results.entry_count(),
+                ),
+                (
+                    "source",
+                    &self.sources.stats,
+                    self.sources.weighted_size(),
+                    self.sources.entry_count(),
+                ),
+            ],
+            policy: self.policy.as_deref(),
         })
     }
 
@@ -69,7 +95,11 @@ impl State {
         let (src, _) = self
             .sources
             .get_or_fill(source.url(), async move {
-                Ok(state.origin.fetch(&source, None).await?)
+                let r = state.origin.fetch(&source, None).await;
+                state
+                    .metrics
+                    .fetch(r.as_ref().map(|s| s.bytes.len() as u64));
+                Ok(r?)
             })
             .await;
         let src = src?;
@@ -83,18 +113,30 @@ impl State {
     }
 }
 
-/// What the log line says about a request beyond its status.
+/// What the log line and the metrics say about a request beyond its status.
 #[derive(Debug, Default, Clone, Copy)]
 struct Trace {
-    fetch_ms: f64,
-    pixels_ms: f64,
+    /// Set on the request that produced the result (a miss).
+    stages: Option<Stages>,
+    policy: Option<std::time::Duration>,
     cache: Option<Outcome>,
+    format: Option<crate::format::Format>,
+}
+
+fn ms(d: Option<std::time::Duration>) -> String {
+    d.map_or_else(
+        || "-".into(),
+        |d| format!("{:.1}", d.as_secs_f64() * 1000.0),
+    )
 }
 
 /// Serves one request from `peer`.
 pub async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let start = Instant::now();
+    let _in_flight = state.metrics.in_flight();
     let request_id = request_id(req.headers().get("x-request-id"));
+    // Every line logged while serving (policy, origin, fill) carries the id.
+    let span = tracing::info_span!("request", id = %request_id);
     let method = req.method().clone();
     let target = req
         .uri()
@@ -110,9 +152,14 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr)
     };
     let (accept, inm) = (header(ACCEPT), header(IF_NONE_MATCH));
     let mut trace = Trace::default();
+    let mut route = Route::Other;
     let result = match (&method, path) {
-        (&Method::GET | &Method::HEAD, "/health") => Ok(response::health()),
+        (&Method::GET | &Method::HEAD, "/health") => {
+            route = Route::Health;
+            Ok(response::health())
+        }
         (&Method::GET | &Method::HEAD, p) if p != "/" && p != "/favicon.ico" => {
+            route = Route::Transform;
             let timeout = state.config.request_timeout;
             let caller = state.policy.as_ref().map(|_| Caller {
                 ip: client::client_ip(peer.ip(), req.headers(), &state.config.trusted_proxies),
@@ -130,7 +177,7 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr)
                 caller,
                 &mut trace,
             );
-            match tokio::time::timeout(timeout, work).await {
+            match tokio::time::timeout(timeout, work).instrument(span).await {
                 Ok(r) => r,
                 Err(_) => Err(Error::Timeout),
             }
@@ -142,6 +189,9 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr)
         Err(e) => (response::error(&e), Some(e)),
     };
     let code = error.as_ref().map_or("", Error::code);
+    if !code.is_empty() {
+        state.metrics.error(code);
+    }
     let detail = error.as_ref().map(|e| e.to_string()).unwrap_or_default();
     let status = resp.status().as_u16();
     let bytes = hyper::body::Body::size_hint(resp.body())
@@ -160,19 +210,60 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr)
     if let Some(o) = trace.cache {
         h.insert("x-cache", HeaderValue::from_static(o.header()));
     }
+    let elapsed = start.elapsed();
+    record(&state.metrics, route, status, elapsed, bytes, &trace);
     let shown: String = target.chars().take(300).collect();
-    let ms = format!("{:.1}", start.elapsed().as_secs_f64() * 1000.0);
-    let (fetch_ms, pixels_ms) = (
-        format!("{:.1}", trace.fetch_ms),
-        format!("{:.1}", trace.pixels_ms),
+    let ms = format!("{:.1}", elapsed.as_secs_f64() * 1000.0);
+    let s = trace.stages;
+    let (policy_ms, fetch_ms, queue_ms) = (
+        self::ms(trace.policy),
+        self::ms(s.map(|s| s.fetch)),
+        self::ms(s.map(|s| s.queue)),
+    );
+    let (decode_ms, transform_ms, encode_ms) = (
+        self::ms(s.map(|s| s.pixels.decode)),
+        self::ms(s.map(|s| s.pixels.transform)),
+        self::ms(s.map(|s| s.pixels.encode)),
     );
     let cache = trace.cache.map_or("-", Outcome::header);
+    macro_rules! line {
+        ($level:ident) => {
+            tracing::$level!(id = %request_id, %method, path = %shown, status, bytes, %ms, cache,
+                %policy_ms, %fetch_ms, %queue_ms, %decode_ms, %transform_ms, %encode_ms,
+                code, detail, "request")
+        };
+    }
     if status >= 500 {
-        tracing::warn!(id = %request_id, %method, path = %shown, status, bytes, %ms, cache, %fetch_ms, %pixels_ms, code, detail, "request");
+        line!(warn);
     } else {
-        tracing::info!(id = %request_id, %method, path = %shown, status, bytes, %ms, cache, %fetch_ms, %pixels_ms, code, detail, "request");
+        line!(info);
     }
     resp
+}
+
+/// Counts a finished request.
+fn record(
+    m: &Metrics,
+    route: Route,
+    status: u16,
+    elapsed: std::time::Duration,
+    bytes: u64,
+    t: &Trace,
+) {
+    m.request(route, status, elapsed, bytes);
+    if let Some(p) = t.policy {
+        m.stage(Stage::Policy, p);
+    }
+    if let Some(s) = t.stages {
+        m.stage(Stage::Fetch, s.fetch);
+        m.stage(Stage::Queue, s.queue);
+        m.stage(Stage::Decode, s.pixels.decode);
+        m.stage(Stage::Transform, s.pixels.transform);
+        m.stage(Stage::Encode, s.pixels.encode);
+    }
+    if let (Some(f), 200..=299) = (t.format, status) {
+        m.image(f);
+    }
 }
 
 /// The cache key of a result: equivalent URLs share it (canonical options), the `Accept`
@@ -267,12 +358,16 @@ async fn transform(
     );
     // Before the cache: limits count hits too.
     if let (Some(policy), Some(caller)) = (&state.policy, caller) {
-        admit(policy, &caller.view(&parsed, choice))?;
+        let t = Instant::now();
+        let verdict = admit(policy, &caller.view(&parsed, choice));
+        trace.policy = Some(t.elapsed());
+        verdict?;
     }
     let key = result_key(&parsed, choice);
     let ttl = c.raw.ttl;
     if let Some(hit) = state.results.get(&key).await {
         trace.cache = Some(Outcome::Hit);
+        trace.format = Some(hit.format);
         if if_none_match.is_some_and(|inm| response::none_match(inm, &hit.etag)) {
             return Ok(response::not_modified(&hit, &parsed, ttl, now, vary));
         }
@@ -292,8 +387,7 @@ async fn transform(
                 format: job.format,
                 etag: tag,
                 last_modified: src.last_modified.clone(),
-                fetch_ms: 0.0,
-                pixels_ms: 0.0,
+                stages: Stages::default(),
             };
             return Ok(response::not_modified(&r, &parsed, ttl, now, vary));
         }
@@ -304,8 +398,9 @@ async fn transform(
         .await;
     trace.cache = Some(outcome);
     let r = result?;
+    trace.format = Some(r.format);
     if outcome == Outcome::Miss {
-        (trace.fetch_ms, trace.pixels_ms) = (r.fetch_ms, r.pixels_ms);
+        trace.stages = Some(r.stages);
     }
     Ok(response::image(&r, &parsed, ttl, now, vary))
 }
@@ -320,24 +415,26 @@ async fn fill(
     let deadline = Instant::now() + state.config.request_timeout;
     let fetch_start = Instant::now();
     let src = state.source(&parsed).await?;
-    let fetch_ms = fetch_start.elapsed().as_secs_f64() * 1000.0;
+    let fetch = fetch_start.elapsed();
     let mut opts = parsed.options.clone();
     opts.format = choice.format();
     let job = pixels::prepare(&src.bytes, &opts, &state.config.engine)?;
     let bytes = src.bytes.clone();
-    let pixels_start = Instant::now();
-    let encoded = state
+    let (encoded, queue) = state
         .gate
-        .run(deadline, move || job.run_until(&bytes, Some(deadline)))
-        .await??;
-    let pixels_ms = pixels_start.elapsed().as_secs_f64() * 1000.0;
+        .run_timed(deadline, move || job.run_until(&bytes, Some(deadline)))
+        .await?;
+    let encoded = encoded?;
     Ok(CachedResult {
         etag: response::etag(&parsed.options.canonical(), encoded.format, &src.identity),
         bytes: encoded.bytes.into(),
         format: encoded.format,
         last_modified: src.last_modified.clone(),
-        fetch_ms,
-        pixels_ms,
+        stages: Stages {
+            fetch,
+            queue,
+            pixels: encoded.timings,
+        },
     })
 }
 

@@ -27,6 +27,7 @@ pub mod cpu;
 pub mod error;
 pub mod format;
 pub mod handler;
+pub mod metrics;
 pub mod negotiate;
 pub mod origin;
 pub mod pixels;

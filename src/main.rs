@@ -154,6 +154,20 @@ fn serve(file: Option<PathBuf>, flags: Flags) -> ExitCode {
             }
         };
         let addr = listener.local_addr().map_or(cfg.listen, |a| a);
+        let metrics = match cfg.metrics_listen {
+            Some(m) => match tokio::net::TcpListener::bind(m).await {
+                Ok(l) => {
+                    let at = l.local_addr().map_or(m, |a| a);
+                    tracing::info!(addr = %at, "metrics on http://{at}/metrics");
+                    Some(l)
+                }
+                Err(e) => {
+                    eprintln!("pixgate: cannot listen for metrics on {m}: {e} (set metrics_listen, or \"\" to disable)");
+                    return ExitCode::FAILURE;
+                }
+            },
+            None => None,
+        };
         if cfg.keys.is_empty() {
             tracing::info!("signing is off: any signature segment is accepted (use `insecure`)");
         }
@@ -176,7 +190,7 @@ fn serve(file: Option<PathBuf>, flags: Flags) -> ExitCode {
         println!("listening on {addr}");
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        match pixgate::server::serve(listener, state, shutdown_signal()).await {
+        match pixgate::server::serve(listener, metrics, state, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("pixgate: server error: {e}");

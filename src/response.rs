@@ -66,8 +66,15 @@ pub struct CachedResult {
     pub etag: String,
     pub last_modified: Option<String>,
     /// Stage timings of the fill, for the log line of the request that ran it.
-    pub fetch_ms: f64,
-    pub pixels_ms: f64,
+    pub stages: Stages,
+}
+
+/// Where the time of one produced result went.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Stages {
+    pub fetch: std::time::Duration,
+    pub queue: std::time::Duration,
+    pub pixels: crate::pixels::Timings,
 }
 
 impl crate::cache::Weighted for CachedResult {

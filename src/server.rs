@@ -15,19 +15,25 @@ use tokio::sync::Semaphore;
 use crate::config::Config;
 use crate::handler::{self, State};
 
-/// Serves until `shutdown` completes, then drains connections.
+/// Serves until `shutdown` completes, then drains connections. Binds `metrics_listen`.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
     let state = State::new(config).map_err(std::io::Error::other)?;
-    serve(listener, Arc::new(state), shutdown).await
+    serve(listener, metrics, Arc::new(state), shutdown).await
 }
 
-/// [`run`] with a state the caller keeps a handle on (its caches and counters).
+/// [`run`] with listeners bound and a state the caller keeps a handle on (its caches and
+/// counters).
 pub async fn serve(
     listener: TcpListener,
+    metrics: Option<TcpListener>,
     state: Arc<State>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
@@ -48,6 +54,7 @@ pub async fn serve(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     // Reloads the policy on edits and SIGHUP for as long as we serve.
     let watcher = state.policy.clone().map(|p| tokio::spawn(p.watch()));
+    let metrics = metrics.map(|l| tokio::spawn(serve_metrics(l, state.clone())));
     tokio::pin!(shutdown);
     loop {
         // Over the cap, connections wait in the kernel's accept queue.
@@ -85,8 +92,8 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if let Some(w) = watcher {
-        w.abort();
+    for task in [watcher, metrics].into_iter().flatten() {
+        task.abort();
     }
     tracing::info!("shutting down: draining connections");
     if tokio::time::timeout(shutdown_timeout, graceful.shutdown())
@@ -99,4 +106,52 @@ pub async fn serve(
         );
     }
     Ok(())
+}
+
+/// The metrics listener: `GET /metrics` in the Prometheus text format, nothing else.
+async fn serve_metrics(listener: TcpListener, state: Arc<State>) {
+    use http_body_util::Full;
+    use hyper::{Method, Response, StatusCode, header};
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let state = state.clone();
+            async move {
+                let mut r = if req.method() == Method::GET && req.uri().path() == "/metrics" {
+                    // moka applies inserts and evictions lazily; settle them so the entry and
+                    // byte gauges are current.
+                    state.results.run_pending_tasks().await;
+                    state.sources.run_pending_tasks().await;
+                    let mut r =
+                        Response::new(Full::new(bytes::Bytes::from(state.render_metrics())));
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        header::HeaderValue::from_static(
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        ),
+                    );
+                    r
+                } else {
+                    let mut r = Response::new(Full::new(bytes::Bytes::from_static(b"not found\n")));
+                    *r.status_mut() = StatusCode::NOT_FOUND;
+                    r
+                };
+                r.headers_mut().insert(
+                    header::CACHE_CONTROL,
+                    header::HeaderValue::from_static("no-store"),
+                );
+                Ok::<_, std::convert::Infallible>(r)
+            }
+        });
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
 }

@@ -110,6 +110,15 @@ pub struct Encoded {
     pub format: Format,
     pub width: u32,
     pub height: u32,
+    pub timings: Timings,
+}
+
+/// Where a job's time went.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    pub decode: std::time::Duration,
+    pub transform: std::time::Duration,
+    pub encode: std::time::Duration,
 }
 
 /// A checked, planned transform, ready to run on the CPU.
@@ -273,9 +282,13 @@ impl Job {
                 format: self.info.format,
                 width: self.info.width,
                 height: self.info.height,
+                timings: Timings::default(),
             });
         };
+        let mut timings = Timings::default();
+        let t = std::time::Instant::now();
         let decoded = decode::decode(src, &self.info, self.jpeg_denominator)?;
+        timings.decode = t.elapsed();
         check()?;
         let (dw, dh) = (decoded.image.width(), decoded.image.height());
         let scale = (
@@ -286,7 +299,9 @@ impl Job {
             keep_alpha: self.keep_alpha,
             background: self.background,
         };
+        let t = std::time::Instant::now();
         let img = ops::apply(decoded.image, plan, scale, fill)?;
+        timings.transform = t.elapsed();
         check()?;
         let exif = if self.keep_exif {
             // The pixels are upright after the pipeline; a kept EXIF block must say so.
@@ -301,12 +316,15 @@ impl Job {
             icc: decoded.icc.as_deref().filter(|_| self.keep_icc),
             exif: exif.as_deref(),
         };
+        let t = std::time::Instant::now();
         let bytes = encode::encode(&img, self.format, self.quality, &self.encoder, meta)?;
+        timings.encode = t.elapsed();
         Ok(Encoded {
             bytes,
             format: self.format,
             width: img.width(),
             height: img.height(),
+            timings,
         })
     }
 }

@@ -118,6 +118,8 @@ pub struct PolicyStats {
     pub denied: AtomicU64,
     pub limited: AtomicU64,
     pub errors: AtomicU64,
+    /// Requests refused because `decide` failed and `on_error = "deny"`.
+    pub failed: AtomicU64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     changed: tokio::sync::Notify,
@@ -362,7 +364,10 @@ impl Policy {
                         s.allowed.fetch_add(1, Ordering::Relaxed);
                         Verdict::Allow
                     }
-                    OnError::Deny => Verdict::Failed(e),
+                    OnError::Deny => {
+                        s.failed.fetch_add(1, Ordering::Relaxed);
+                        Verdict::Failed(e)
+                    }
                 }
             }
             Ok(Decision::Deny {

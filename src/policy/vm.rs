@@ -104,7 +104,7 @@ end
 impl Vm {
     pub fn new(script: &Script, generation: u64, limits: VmLimits) -> Result<Vm, PolicyError> {
         let err = |e: mlua::Error| PolicyError::lua(&e);
-        // Lua 5.4 rather than LuaJIT: per-call cost measured the same (~0.9 µs), and only 5.4
+        // Lua 5.4 rather than LuaJIT: per-call cost was measured the same (~0.9 µs), but only 5.4
         // enforces both the allocator cap and instruction-count hooks (LuaJIT's JIT-compiled
         // loops skip count hooks, so `while true do end` could not be stopped).
         let libs = StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::UTF8 | StdLib::OS;

@@ -13,6 +13,7 @@ use pixgate::config::{self, RawConfig};
 
 pub struct Pixgate {
     pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
     /// The server's own state: caches and counters, for assertions.
     pub state: std::sync::Arc<pixgate::handler::State>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -39,10 +40,13 @@ impl Pixgate {
         let cfg = config::validate(raw).expect("valid test config");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics_addr = metrics.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let state = std::sync::Arc::new(pixgate::handler::State::new(cfg).expect("policy loads"));
         let done = tokio::spawn(pixgate::server::serve(
             listener,
+            Some(metrics),
             state.clone(),
             async move {
                 let _ = rx.await;
@@ -50,6 +54,7 @@ impl Pixgate {
         ));
         Pixgate {
             addr,
+            metrics_addr,
             state,
             shutdown: Some(tx),
             done: Some(done),
@@ -62,6 +67,13 @@ impl Pixgate {
 
     pub async fn get(&self, path: &str) -> Reply {
         get(&self.url(path), &[]).await
+    }
+
+    /// The `/metrics` text, fetched over HTTP from the metrics listener.
+    pub async fn metrics(&self) -> String {
+        let r = get(&format!("http://{}/metrics", self.metrics_addr), &[]).await;
+        assert_eq!(r.status, 200);
+        String::from_utf8(r.body.to_vec()).unwrap()
     }
 
     /// Stops the server and waits until it has drained.
@@ -147,6 +159,8 @@ pub fn spawn_binary(env: &[(&str, &str)], capture_stderr: bool) -> (std::process
     use std::process::Stdio;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pixgate"))
         .args(["serve", "--listen", "127.0.0.1:0"])
+        // Several binaries run at once in the tests: no fixed metrics port.
+        .env("PIXGATE_METRICS_LISTEN", "127.0.0.1:0")
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(if capture_stderr {
@@ -160,10 +174,17 @@ pub fn spawn_binary(env: &[(&str, &str)], capture_stderr: bool) -> (std::process
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let addr = line
+    let Some(addr) = line
         .trim()
         .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
-        .to_string();
+        .map(str::to_string)
+    else {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        panic!("unexpected first line `{line}`; stderr: {err}");
+    };
     (child, addr)
 }

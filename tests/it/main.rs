@@ -8,6 +8,7 @@ mod golden;
 mod harness;
 mod hostile;
 mod manifest;
+mod metrics;
 mod origin;
 mod policy;
 mod serve;

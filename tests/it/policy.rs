@@ -324,6 +324,7 @@ fn the_binary_refuses_to_start_with_a_broken_or_missing_policy() {
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_pixgate"))
             .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("PIXGATE_METRICS_LISTEN", "127.0.0.1:0")
             .env("PIXGATE_POLICY_FILE", path)
             .output()
             .unwrap();
