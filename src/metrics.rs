@@ -312,15 +312,7 @@ impl Metrics {
         ] {
             m.origin_fetches.with_label_values(&[outcome]);
         }
-        for f in [
-            Format::Jpeg,
-            Format::Png,
-            Format::Webp,
-            Format::Gif,
-            Format::Bmp,
-            Format::Tiff,
-            Format::Ico,
-        ] {
+        for f in Format::ALL {
             m.formats.with_label_values(&[f.ext()]);
         }
         #[cfg(target_os = "linux")]
