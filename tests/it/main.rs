@@ -12,4 +12,5 @@ mod metrics;
 mod origin;
 mod policy;
 mod serve;
+mod stack;
 mod support;

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Runs the production-like stack in the foreground: K pixgate processes on loopback ports and
+# nginx in front (nginx/nginx.conf, with its includes rendered for those ports).
+#
+#   nginx/run-stack.sh [--port PORT] [--processes K] [--tls-port PORT] [--workdir DIR]
+#                      [--bin PATH]
+#
+# Prints `stack ready on http://127.0.0.1:PORT` once nginx answers through pixgate. PIXGATE_*
+# variables reach every pixgate process (PIXGATE_TRUSTED_PROXIES defaults to loopback, where
+# nginx connects from). --bin picks the pixgate binary (default: cargo build --release).
+# Ctrl-C or SIGTERM stops everything it started. The work directory (logs/, cache/, conf/,
+# stack.env with ports and pids) is removed at exit unless --workdir was given.
+set -euo pipefail
+
+port=8080
+processes=2
+tls_port=""
+work=""
+bin=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --port) port="$2"; shift 2 ;;
+    --processes) processes="$2"; shift 2 ;;
+    --tls-port) tls_port="$2"; shift 2 ;;
+    --workdir) work="$2"; shift 2 ;;
+    --bin) bin="$2"; shift 2 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) echo "run-stack: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+case "$processes" in ''|*[!0-9]*|0) echo "run-stack: --processes must be a positive number" >&2; exit 2 ;; esac
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+if [ -z "$bin" ]; then
+  (cd "$root" && cargo build --release --quiet)
+  bin="$root/target/release/pixgate"
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+[ -x "$NGINX" ] || { echo "run-stack: nginx is not installed (apt-get install nginx)" >&2; exit 1; }
+
+own_work=""
+if [ -z "$work" ]; then
+  work=$(mktemp -d /tmp/pixgate-stack.XXXXXX)
+  own_work=1
+fi
+mkdir -p "$work/conf" "$work/logs" "$work/cache" "$work/temp" "$work/tls"
+chmod 755 "$work"
+work=$(cd "$work" && pwd)
+cp "$root/nginx/nginx.conf" "$work/conf/nginx.conf"
+cp -r "$root/nginx/pixgate" "$work/conf/"
+
+pids=()
+nginx_pid=""
+cleanup() {
+  trap - EXIT INT TERM
+  [ -n "$nginx_pid" ] && kill -TERM "$nginx_pid" 2>/dev/null || true
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [ -n "$own_work" ] && rm -rf "$work"
+  return 0
+}
+trap cleanup EXIT
+trap 'exit 0' INT TERM
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+export PIXGATE_TRUSTED_PROXIES="${PIXGATE_TRUSTED_PROXIES:-127.0.0.0/8,::1}"
+addrs=()
+metrics=()
+: >"$work/conf/pixgate/upstream.conf"
+for i in $(seq 1 "$processes"); do
+  m="127.0.0.1:$(free_port)"
+  PIXGATE_METRICS_LISTEN="$m" "$bin" serve --listen 127.0.0.1:0 \
+    >"$work/logs/pixgate-$i.out" 2>"$work/logs/pixgate-$i.log" &
+  pids+=($!)
+  until grep -q '^listening on ' "$work/logs/pixgate-$i.out" 2>/dev/null; do
+    if ! kill -0 "${pids[-1]}" 2>/dev/null; then
+      echo "run-stack: pixgate $i did not start:" >&2
+      cat "$work/logs/pixgate-$i.log" >&2
+      exit 1
+    fi
+    sleep 0.05
+  done
+  a=$(sed -n 's/^listening on //p' "$work/logs/pixgate-$i.out")
+  addrs+=("$a")
+  metrics+=("$m")
+  echo "server $a max_fails=2 fail_timeout=5s;" >>"$work/conf/pixgate/upstream.conf"
+done
+
+echo "listen 127.0.0.1:$port;" >"$work/conf/pixgate/listen.conf"
+if [ -n "$tls_port" ]; then
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=localhost" \
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -keyout "$work/tls/key.pem" -out "$work/tls/cert.pem" 2>/dev/null
+  sed -e "s|^listen 443 ssl http2;|listen 127.0.0.1:$tls_port ssl http2;|" \
+      -e '/^listen \[::\]:443/d' \
+      -e "s|/etc/ssl/pixgate/fullchain.pem|$work/tls/cert.pem|" \
+      -e "s|/etc/ssl/pixgate/privkey.pem|$work/tls/key.pem|" \
+      "$root/nginx/pixgate/tls.conf" >"$work/conf/pixgate/tls.conf"
+else
+  : >"$work/conf/pixgate/tls.conf"
+fi
+# Workers write the cache and temp files; as root they run as www-data (nginx.conf `user`).
+if [ "$(id -u)" = 0 ]; then
+  chown -R www-data "$work/cache" "$work/temp" 2>/dev/null || true
+else
+  sed -i 's/^user www-data;/# user: not root, workers run as the invoking user/' "$work/conf/nginx.conf"
+fi
+
+cat >"$work/stack.env" <<ENV
+NGINX_PORT=$port
+TLS_PORT=$tls_port
+PIXGATE_ADDRS="${addrs[*]}"
+PIXGATE_METRICS="${metrics[*]}"
+PIXGATE_PIDS="${pids[*]}"
+WORKDIR=$work
+ENV
+
+"$NGINX" -t -q -p "$work/" -c "$work/conf/nginx.conf"
+"$NGINX" -p "$work/" -c "$work/conf/nginx.conf" -g 'daemon off;' &
+nginx_pid=$!
+until curl -sf -o /dev/null "http://127.0.0.1:$port/health"; do
+  if ! kill -0 "$nginx_pid" 2>/dev/null; then
+    echo "run-stack: nginx did not start:" >&2
+    cat "$work/logs/error.log" >&2 || true
+    exit 1
+  fi
+  sleep 0.05
+done
+echo "pixgate processes: ${addrs[*]} (metrics: ${metrics[*]}); logs and config in $work" >&2
+echo "stack ready on http://127.0.0.1:$port"
+wait "$nginx_pid"

@@ -1,0 +1,423 @@
+//! The production-like stack with real nginx: `nginx/run-stack.sh` starts two pixgate
+//! processes and nginx; requests go through nginx over HTTP and TLS, and each process's
+//! `/metrics` says which process did the work.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use crate::support::{TempDir, decode};
+
+struct Stack {
+    child: Child,
+    port: u16,
+    tls_port: u16,
+    env: BTreeMap<String, String>,
+    _dir: TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+const POLICY: &str = r#"
+function decide(req)
+  if req.key == "whoami" then
+    return { allow = false, status = 403, reason = "ip=" .. req.ip }
+  end
+  return { allow = true }
+end
+"#;
+
+impl Stack {
+    fn start(tag: &str) -> Stack {
+        let dir = TempDir::new(tag);
+        std::fs::write(dir.path("policy.lua"), POLICY).unwrap();
+        let (port, tls_port) = (free_port(), free_port());
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut child = Command::new("bash")
+            .arg(root.join("nginx/run-stack.sh"))
+            .args(["--port", &port.to_string(), "--processes", "2"])
+            .args(["--tls-port", &tls_port.to_string()])
+            .arg("--workdir")
+            .arg(dir.path("work"))
+            .args(["--bin", env!("CARGO_BIN_EXE_pixgate")])
+            .env("PIXGATE_LOG_LEVEL", "warn")
+            .env("PIXGATE_POLICY_FILE", dir.path("policy.lua"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("bash");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(
+            line.trim(),
+            format!("stack ready on http://127.0.0.1:{port}"),
+            "run-stack.sh did not come up"
+        );
+        let env = std::fs::read_to_string(dir.path("work/stack.env"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+            .collect();
+        Stack {
+            child,
+            port,
+            tls_port,
+            env,
+            _dir: dir,
+        }
+    }
+
+    fn work(&self) -> PathBuf {
+        PathBuf::from(&self.env["WORKDIR"])
+    }
+
+    fn list(&self, key: &str) -> Vec<String> {
+        self.env[key]
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// `route="transform"` requests per status class, per pixgate process, from `/metrics`.
+    fn transform_counts(&self) -> Vec<BTreeMap<String, f64>> {
+        self.list("PIXGATE_METRICS")
+            .iter()
+            .map(|m| {
+                let text = http(m.parse().unwrap(), None, "GET", "/metrics", &[]).body_text();
+                text.lines()
+                    .filter_map(|l| {
+                        let rest = l.strip_prefix(
+                            "pixgate_http_requests_total{route=\"transform\",status_class=\"",
+                        )?;
+                        let (class, value) = rest.split_once("\"} ")?;
+                        Some((class.to_string(), value.parse().ok()?))
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        http(
+            SocketAddr::from(([127, 0, 0, 1], self.port)),
+            None,
+            "GET",
+            path,
+            headers,
+        )
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child; the script stops nginx and pixgate on TERM.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection, optionally from a chosen local address (to be
+/// a client other than 127.0.0.1).
+fn http(
+    to: SocketAddr,
+    from: Option<std::net::IpAddr>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut stream = match from {
+        Some(ip) => connect_from(ip, to),
+        None => TcpStream::connect(to).unwrap(),
+    };
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    }
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size = usize::from_str_radix(
+            String::from_utf8_lossy(&b[..eol])
+                .split(';')
+                .next()
+                .unwrap()
+                .trim(),
+            16,
+        )
+        .unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
+        b = &b[eol + 2 + size + 2..];
+    }
+}
+
+/// A TCP connection from `ip` (bound before connecting).
+fn connect_from(ip: std::net::IpAddr, to: SocketAddr) -> TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let stream = rt.block_on(async {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(SocketAddr::new(ip, 0)).unwrap();
+        s.connect(to).await.unwrap().into_std().unwrap()
+    });
+    stream.set_nonblocking(false).unwrap();
+    stream
+}
+
+fn sum(counts: &[BTreeMap<String, f64>], class: &str) -> f64 {
+    counts
+        .iter()
+        .map(|c| c.get(class).copied().unwrap_or(0.0))
+        .sum()
+}
+
+#[test]
+fn through_nginx_urls_stick_to_one_process_and_the_disk_tier_answers_repeats() {
+    let stack = Stack::start("stack-routing");
+    // nginx -t accepts the rendered configuration (with the TLS block).
+    let work = stack.work();
+    let t = Command::new("nginx")
+        .arg("-t")
+        .arg("-p")
+        .arg(format!("{}/", work.display()))
+        .arg("-c")
+        .arg(work.join("conf/nginx.conf"))
+        .output()
+        .unwrap();
+    assert!(t.status.success(), "{}", String::from_utf8_lossy(&t.stderr));
+
+    let before = stack.transform_counts();
+    let url = "/insecure/rs:fit:64:0/plain/local:///seeding.jpg";
+    let r = stack.get(url, &[("X-Request-ID", "first-1")]);
+    assert_eq!(r.status, 200);
+    assert_eq!(decode(&r.body).width(), 64);
+    assert_eq!(r.header("x-cache-status"), Some("MISS"));
+    assert_eq!(r.header("x-pixgate-cache"), Some("MISS"));
+    assert_eq!(r.header("x-request-id"), Some("first-1"));
+    let r = stack.get(url, &[("X-Request-ID", "second-2")]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-cache-status"), Some("HIT"));
+    assert_eq!(r.header("x-pixgate-cache"), None, "pixgate was not asked");
+    assert_eq!(r.header("x-request-id"), Some("second-2"));
+    let after = stack.transform_counts();
+    assert_eq!(
+        sum(&after, "2xx") - sum(&before, "2xx"),
+        1.0,
+        "pixgate saw one request"
+    );
+
+    // Error answers are not stored, so repeats reach pixgate: always the same process.
+    let before = stack.transform_counts();
+    for _ in 0..4 {
+        assert_eq!(
+            stack
+                .get("/insecure/w:8/plain/local:///missing.jpg", &[])
+                .status,
+            404
+        );
+    }
+    let after = stack.transform_counts();
+    let moved: Vec<f64> = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| a.get("4xx").unwrap_or(&0.0) - b.get("4xx").unwrap_or(&0.0))
+        .collect();
+    assert!(moved == [4.0, 0.0] || moved == [0.0, 4.0], "{moved:?}");
+    // Different URLs spread over both processes.
+    let before = stack.transform_counts();
+    for i in 0..40 {
+        assert_eq!(
+            stack
+                .get(
+                    &format!("/insecure/w:8/plain/local:///missing-{i}.jpg"),
+                    &[]
+                )
+                .status,
+            404
+        );
+    }
+    let after = stack.transform_counts();
+    for (b, a) in before.iter().zip(&after) {
+        assert!(
+            a.get("4xx").unwrap_or(&0.0) > b.get("4xx").unwrap_or(&0.0),
+            "{before:?} {after:?}"
+        );
+    }
+
+    // Accept variants are separate entries in nginx's cache, never mixed up.
+    let auto = "/insecure/rs:fit:48:0/plain/local:///friends.jpg";
+    for round in 0..2 {
+        let webp = stack.get(auto, &[("Accept", "image/avif,image/webp,*/*")]);
+        let jpeg = stack.get(auto, &[("Accept", "image/jpeg,*/*")]);
+        // No Accept: the same answer as the JPEG-only browser, so the same entry.
+        let plain = stack.get(auto, &[]);
+        let first = if round == 0 { "MISS" } else { "HIT" };
+        for (r, ty, status) in [
+            (&webp, "image/webp", first),
+            (&jpeg, "image/jpeg", first),
+            (&plain, "image/jpeg", "HIT"),
+        ] {
+            assert_eq!(r.header("content-type"), Some(ty), "round {round}");
+            assert_eq!(
+                r.header("x-cache-status"),
+                Some(status),
+                "round {round} {ty}"
+            );
+            assert_eq!(r.header("vary"), Some("Accept"));
+            assert_eq!(decode(&r.body).width(), 48);
+        }
+    }
+
+    // TLS with the generated certificate, HTTP/2.
+    let out = Command::new("curl")
+        .args([
+            "-sk",
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+        ])
+        .arg(format!("https://127.0.0.1:{}{url}", stack.tls_port))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200 2");
+
+    // Only GET/HEAD pass; /metrics is closed at the edge.
+    let post = http(
+        SocketAddr::from(([127, 0, 0, 1], stack.port)),
+        None,
+        "POST",
+        url,
+        &[("Content-Length", "0")],
+    );
+    assert_eq!(post.status, 403);
+    assert_eq!(stack.get("/metrics", &[]).status, 404);
+    // The access log carries request id, upstream time and cache status.
+    let log = std::fs::read_to_string(work.join("logs/access.log")).unwrap();
+    assert!(
+        log.contains("rid=first-1 cache=MISS upstream=127.0.0.1:"),
+        "{log}"
+    );
+    assert!(
+        log.contains("rid=second-2 cache=HIT upstream=- ut=-"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_spoofed_forwarded_for_never_reaches_the_policy() {
+    let stack = Stack::start("stack-spoof");
+    let nginx = SocketAddr::from(([127, 0, 0, 1], stack.port));
+    let url = "/insecure/w:8/plain/local:///seeding.jpg";
+    let spoof = [
+        ("X-Api-Key", "whoami"),
+        ("X-Forwarded-For", "6.6.6.6"),
+        ("X-Real-IP", "6.6.6.7"),
+    ];
+    // The client connects from 127.0.0.2: that is what the policy must see.
+    let r = http(nginx, Some([127, 0, 0, 2].into()), "GET", url, &spoof);
+    assert_eq!(r.status, 403);
+    assert!(r.body_text().contains("ip=127.0.0.2"), "{}", r.body_text());
+    let r = http(nginx, None, "GET", url, &spoof);
+    assert!(r.body_text().contains("ip=127.0.0.1"), "{}", r.body_text());
+}
+
+#[test]
+fn killing_one_process_leaves_the_stack_serving() {
+    let stack = Stack::start("stack-kill");
+    let pids = stack.list("PIXGATE_PIDS");
+    let addrs = stack.list("PIXGATE_ADDRS");
+    let victim: i32 = pids[0].parse().unwrap();
+    // SAFETY: a process the stack script started for this test.
+    unsafe { libc::kill(victim, libc::SIGKILL) };
+    // Gone when its port refuses connections.
+    let addr: SocketAddr = addrs[0].parse().unwrap();
+    while TcpStream::connect(addr).is_ok() {
+        std::thread::yield_now();
+    }
+    for i in 0..20 {
+        let r = stack.get(
+            &format!("/insecure/rs:fit:{}:0/plain/local:///seeding.jpg", 20 + i),
+            &[],
+        );
+        assert_eq!(r.status, 200, "request {i}");
+        assert_eq!(decode(&r.body).width(), 20 + i);
+    }
+    // Some of those hashed to the dead process and were retried on the live one.
+    let log = std::fs::read_to_string(stack.work().join("logs/access.log")).unwrap();
+    let retried = format!("upstream={}, {}", addrs[0], addrs[1]);
+    assert!(log.contains(&retried), "no retried request in:\n{log}");
+}
