@@ -136,13 +136,19 @@ fn decode_jpeg(data: &[u8], info: &SourceInfo, denominator: u32) -> Result<Decod
                 _ => {}
             }
         }
-        let icc = assemble_icc(icc_chunks);
+        let mut icc = assemble_icc(icc_chunks);
         let image = if cmyk {
             let mut s = d.to_colorspace(ColorSpace::JCS_CMYK)?;
             let (w, h) = (s.width() as u32, s.height() as u32);
             let px: Vec<u8> = s.read_scanlines()?;
             let _ = s.finish();
-            DynamicImage::ImageRgb8(cmyk_to_rgb(w, h, &px, adobe))
+            // The CMYK profile is used up here: the result is sRGB either way, and a CMYK
+            // profile must never be attached to RGB output.
+            let managed = icc
+                .take()
+                .and_then(|p| super::color::cmyk_to_srgb(&px, &p, adobe))
+                .and_then(|rgb| image::RgbImage::from_raw(w, h, rgb));
+            DynamicImage::ImageRgb8(managed.unwrap_or_else(|| cmyk_to_rgb(w, h, &px, adobe)))
         } else if d.color_space() == ColorSpace::JCS_GRAYSCALE {
             let mut s = d.grayscale()?;
             let (w, h) = (s.width() as u32, s.height() as u32);

@@ -3,6 +3,7 @@
 
 mod cache;
 mod cli;
+mod color;
 mod formats;
 mod golden;
 mod harness;
