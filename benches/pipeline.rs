@@ -94,7 +94,13 @@ fn pipeline(c: &mut Criterion) {
     // Colour management: a Display P3 photo-sized test image, converted to sRGB after the
     // resize, against keeping its profile (scp:0) to show the conversion's cost.
     let p3 = fixture("conformance/icc/wide-gamut-tests/P3-sRGB-color-ring.jpg");
-    case(c, "p3_1000_to_800_jpeg_to_srgb", &p3, "rs:fit:800:0/q:80/f:jpg", &default);
+    case(
+        c,
+        "p3_1000_to_800_jpeg_to_srgb",
+        &p3,
+        "rs:fit:800:0/q:80/f:jpg",
+        &default,
+    );
     case(
         c,
         "p3_1000_to_800_jpeg_keep_profile",

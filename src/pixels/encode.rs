@@ -186,14 +186,18 @@ fn encode_webp(
         .encode_advanced(&wc)
         .map_err(|e| fail(format!("{e:?}")))?;
     let bytes = mem.to_vec();
-    match meta.icc {
-        Some(icc) => webp_with_icc(&bytes, icc).ok_or_else(|| fail("ICC muxing".into())),
-        None => Ok(bytes),
+    let chunks: Vec<(&std::ffi::CStr, &[u8])> = [(c"ICCP", meta.icc), (c"EXIF", meta.exif)]
+        .into_iter()
+        .filter_map(|(name, data)| Some((name, data?)))
+        .collect();
+    if chunks.is_empty() {
+        return Ok(bytes);
     }
+    webp_with_chunks(&bytes, &chunks).ok_or_else(|| fail("metadata muxing".into()))
 }
 
-/// Adds an ICCP chunk (libwebp's mux builds the VP8X header the chunk needs).
-fn webp_with_icc(image: &[u8], icc: &[u8]) -> Option<Vec<u8>> {
+/// Adds ICCP/EXIF chunks (libwebp's mux builds the VP8X header they need).
+fn webp_with_chunks(image: &[u8], chunks: &[(&std::ffi::CStr, &[u8])]) -> Option<Vec<u8>> {
     use libwebp_sys as sys;
     // SAFETY: the mux copies both inputs (copy_data = 1); the assembled buffer is libwebp-owned
     // and freed with WebPDataClear after copying it out; the mux is deleted on every path.
@@ -206,15 +210,18 @@ fn webp_with_icc(image: &[u8], icc: &[u8]) -> Option<Vec<u8>> {
             bytes: image.as_ptr(),
             size: image.len(),
         };
-        let prof = sys::WebPData {
-            bytes: icc.as_ptr(),
-            size: icc.len(),
-        };
         let mut out = None;
-        if sys::WebPMuxSetImage(mux, &img, 1) == sys::WebPMuxError::WEBP_MUX_OK
-            && sys::WebPMuxSetChunk(mux, c"ICCP".as_ptr(), &prof, 1)
-                == sys::WebPMuxError::WEBP_MUX_OK
-        {
+        let mut ok = sys::WebPMuxSetImage(mux, &img, 1) == sys::WebPMuxError::WEBP_MUX_OK;
+        for (name, data) in chunks {
+            let d = sys::WebPData {
+                bytes: data.as_ptr(),
+                size: data.len(),
+            };
+            ok = ok
+                && sys::WebPMuxSetChunk(mux, name.as_ptr(), &d, 1)
+                    == sys::WebPMuxError::WEBP_MUX_OK;
+        }
+        if ok {
             let mut asm = sys::WebPData {
                 bytes: std::ptr::null(),
                 size: 0,

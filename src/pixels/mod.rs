@@ -6,6 +6,7 @@
 pub mod color;
 pub mod decode;
 pub mod encode;
+pub mod metadata;
 pub mod ops;
 pub mod probe;
 
@@ -134,6 +135,8 @@ pub struct Job {
     background: Option<crate::request::options::Rgb>,
     keep_icc: bool,
     keep_exif: bool,
+    /// With metadata stripped: keep the source's EXIF Copyright and Artist.
+    keep_copyright: bool,
     jpeg_denominator: u32,
     encoder: EncoderConfig,
 }
@@ -209,6 +212,7 @@ pub fn prepare(src: &[u8], o: &Options, cfg: &EngineConfig) -> Result<Job, Pixel
             background: None,
             keep_icc: true,
             keep_exif: true,
+            keep_copyright: true,
             jpeg_denominator: 1,
             encoder: cfg.encoder.clone(),
             info,
@@ -258,6 +262,7 @@ pub fn prepare(src: &[u8], o: &Options, cfg: &EngineConfig) -> Result<Job, Pixel
         // the profile travels with the pixels, where the output format can carry one.
         keep_icc: !o.strip_color_profile && carries_icc(format),
         keep_exif: !o.strip_metadata,
+        keep_copyright: o.strip_metadata && o.keep_copyright,
         jpeg_denominator,
         encoder: cfg.encoder.clone(),
         plan: Some(plan),
@@ -321,6 +326,8 @@ impl Job {
                 probe::reset_exif_orientation(&mut e);
                 e
             })
+        } else if self.keep_copyright {
+            decoded.exif.and_then(|e| metadata::copyright_only(&e))
         } else {
             None
         };

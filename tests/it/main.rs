@@ -9,6 +9,7 @@ mod golden;
 mod harness;
 mod hostile;
 mod manifest;
+mod metadata;
 mod metrics;
 mod origin;
 mod policy;
