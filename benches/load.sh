@@ -8,13 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
 
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+. benches/common.sh
 
 cargo build --release --quiet
 work=$(mktemp -d)
@@ -63,7 +57,7 @@ http {
   server { listen 127.0.0.1:$ng_port; root $work; }
 }
 CONF
-"$NGINX" -c "$work/nginx.conf"
+"$NGINX_BIN" -c "$work/nginx.conf"
 until curl -sf -o /dev/null "http://127.0.0.1:$ng_port/static.webp"; do sleep 0.05; done
 
 run() { wrk -t1 -c16 -d"${secs}s" --latency "$1" | tee "$work/wrk.out" >&2; awk '/Requests\/sec/ {print $2}' "$work/wrk.out"; }

@@ -35,8 +35,8 @@ if [ -z "$bin" ]; then
   (cd "$root" && cargo build --release --quiet)
   bin="$root/target/release/pixgate"
 fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-[ -x "$NGINX" ] || { echo "run-stack: nginx is not installed (apt-get install nginx)" >&2; exit 1; }
+NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
+[ -x "$NGINX_BIN" ] || { echo "run-stack: nginx is not installed (apt-get install nginx)" >&2; exit 1; }
 
 own_work=""
 if [ -z "$work" ]; then
@@ -118,8 +118,8 @@ PIXGATE_PIDS="${pids[*]}"
 WORKDIR=$work
 ENV
 
-"$NGINX" -t -q -p "$work/" -c "$work/conf/nginx.conf"
-"$NGINX" -p "$work/" -c "$work/conf/nginx.conf" -g 'daemon off;' &
+"$NGINX_BIN" -t -q -p "$work/" -c "$work/conf/nginx.conf"
+"$NGINX_BIN" -p "$work/" -c "$work/conf/nginx.conf" -g 'daemon off;' &
 nginx_pid=$!
 until curl -sf -o /dev/null "http://127.0.0.1:$port/health"; do
   if ! kill -0 "$nginx_pid" 2>/dev/null; then
