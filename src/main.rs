@@ -105,8 +105,12 @@ enum PolicyCommand {
     },
 }
 
-fn load_config(file: Option<&std::path::Path>, flags: &Flags) -> Result<Config, ExitCode> {
-    config::load(file, std::env::vars(), flags).map_err(|problems| {
+fn load_config(
+    file: Option<&std::path::Path>,
+    vars: impl Iterator<Item = (String, String)>,
+    flags: &Flags,
+) -> Result<Config, ExitCode> {
+    config::load(file, vars, flags).map_err(|problems| {
         eprintln!("pixgate: invalid configuration:");
         for p in problems {
             eprintln!("  - {p}");
@@ -130,7 +134,7 @@ fn init_logging(cfg: &Config) {
 }
 
 fn serve(file: Option<PathBuf>, flags: Flags) -> ExitCode {
-    let cfg = match load_config(file.as_deref(), &flags) {
+    let cfg = match load_config(file.as_deref(), std::env::vars(), &flags) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -211,7 +215,7 @@ async fn shutdown_signal() {
 }
 
 fn sign(path: &str, file: Option<PathBuf>, tenant: Option<String>) -> ExitCode {
-    let cfg = match load_config(file.as_deref(), &Flags::default()) {
+    let cfg = match load_config(file.as_deref(), std::env::vars(), &Flags::default()) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -291,15 +295,9 @@ fn policy(command: PolicyCommand) -> ExitCode {
     // The file under test replaces whatever policy the configuration names.
     let flags = Flags::default();
     let vars = std::env::vars().filter(|(k, _)| k != "PIXGATE_POLICY_FILE");
-    let mut cfg = match config::load(config.as_deref(), vars, &flags) {
+    let mut cfg = match load_config(config.as_deref(), vars, &flags) {
         Ok(c) => c,
-        Err(problems) => {
-            eprintln!("pixgate: invalid configuration:");
-            for p in problems {
-                eprintln!("  - {p}");
-            }
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     cfg.policy = None;
     let script = match policy::read_script(&file) {
