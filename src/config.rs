@@ -78,6 +78,10 @@ pub struct RawConfig {
     pub user_agent: String,
 
     pub max_src_resolution: f64,
+    /// Animated results with more frames are refused; 1 = first frame only.
+    pub max_animation_frames: u32,
+    /// Per-frame megapixel cap of animations; 0 = `max_src_resolution`.
+    pub max_animation_frame_resolution: f64,
     pub max_result_dimension: u32,
     pub max_result_resolution: f64,
     pub quality: u8,
@@ -88,6 +92,8 @@ pub struct RawConfig {
     pub jpeg_progressive: bool,
     pub webp_lossless: bool,
     pub webp_effort: u8,
+    /// libaom speed for AVIF, 0 (slow, smallest) ..= 10 (fastest).
+    pub avif_speed: u8,
     pub auto_rotate: bool,
     pub strip_metadata: bool,
     pub keep_copyright: bool,
@@ -160,6 +166,8 @@ impl Default for RawConfig {
             max_redirects: 10,
             user_agent: format!("pixgate/{}", env!("CARGO_PKG_VERSION")),
             max_src_resolution: 50.0,
+            max_animation_frames: crate::pixels::DEFAULT_MAX_ANIMATION_FRAMES,
+            max_animation_frame_resolution: 0.0,
             max_result_dimension: 0,
             max_result_resolution: 50.0,
             quality: 80,
@@ -168,6 +176,7 @@ impl Default for RawConfig {
             jpeg_progressive: false,
             webp_lossless: false,
             webp_effort: 4,
+            avif_speed: crate::pixels::encode::DEFAULT_AVIF_SPEED,
             auto_rotate: true,
             strip_metadata: true,
             keep_copyright: true,
@@ -595,12 +604,30 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             raw.webp_effort
         ));
     }
+    if raw.avif_speed > 10 {
+        p.push(format!(
+            "avif_speed: {} is not within 0..=10",
+            raw.avif_speed
+        ));
+    }
     // Written to also catch NaN.
     if raw.max_src_resolution.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
         p.push("max_src_resolution must be > 0".into());
     }
     if raw.max_result_resolution.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
         p.push("max_result_resolution must be > 0".into());
+    }
+    if raw.max_animation_frames == 0 {
+        p.push("max_animation_frames must be at least 1 (1 = first frame only)".into());
+    }
+    // Written to also catch NaN.
+    if raw
+        .max_animation_frame_resolution
+        .partial_cmp(&0.0)
+        .is_none()
+        || raw.max_animation_frame_resolution < 0.0
+    {
+        p.push("max_animation_frame_resolution must be >= 0 (0 = max_src_resolution)".into());
     }
     let metrics_listen = if raw.metrics_listen.is_empty() {
         None
@@ -684,6 +711,8 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         max_src_file_size: raw.max_src_file_size,
         max_result_dimension: raw.max_result_dimension,
         max_result_resolution: raw.max_result_resolution,
+        max_animation_frames: raw.max_animation_frames,
+        max_animation_frame_resolution: raw.max_animation_frame_resolution,
         quality: raw.quality,
         format_quality,
         jpeg_shrink_margin: if jpeg_mode == JpegMode::Fast {
@@ -700,6 +729,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
                 WebpMode::Lossy
             },
             webp_effort: raw.webp_effort,
+            avif_speed: raw.avif_speed,
         },
     };
     let defaults = Options {

@@ -108,6 +108,7 @@ impl Error {
                 PixelError::Probe(ProbeError::Unsupported(..)) => "unsupported-source-format",
                 PixelError::SourceTooManyPixels { .. } => "source-resolution-too-large",
                 PixelError::SourceTooManyBytes { .. } => "source-file-too-large",
+                PixelError::TooManyFrames { .. } => "too-many-frames",
                 PixelError::UnsupportedOption(_) => "unsupported-option",
                 PixelError::UnsupportedInput(_) => "unsupported-source-format",
                 PixelError::UnsupportedOutput(_) => "unsupported-output-format",

@@ -379,6 +379,7 @@ async fn transform(
         let src = state.source(&parsed).await?;
         let mut opts = parsed.options.clone();
         opts.format = choice.format();
+        opts.animated_format = choice.animated();
         let job = pixels::prepare(&src.bytes, &opts, &c.engine)?;
         let tag = response::etag(&parsed.options.canonical(), job.format, &src.identity);
         if response::none_match(inm, &tag) {
@@ -418,6 +419,7 @@ async fn fill(
     let fetch = fetch_start.elapsed();
     let mut opts = parsed.options.clone();
     opts.format = choice.format();
+    opts.animated_format = choice.animated();
     let job = pixels::prepare(&src.bytes, &opts, &state.config.engine)?;
     let bytes = src.bytes.clone();
     let (encoded, queue) = state

@@ -10,8 +10,12 @@ use crate::pixels::encode;
 pub enum FormatChoice {
     /// The URL named it (`f:`, extension).
     Explicit(Format),
-    /// Picked from `Accept`.
-    Negotiated(Format),
+    /// Picked from `Accept`: `still` for still results and `animated` for animated ones
+    /// (AVIF is still-only here; `None` = the source's default).
+    Negotiated {
+        still: Format,
+        animated: Option<Format>,
+    },
     /// The source's own format (or PNG/JPEG when it cannot be written).
     SourceDefault,
 }
@@ -20,8 +24,17 @@ impl FormatChoice {
     /// The format to ask the engine for (`None` = decide from the source).
     pub fn format(self) -> Option<Format> {
         match self {
-            FormatChoice::Explicit(f) | FormatChoice::Negotiated(f) => Some(f),
+            FormatChoice::Explicit(f) | FormatChoice::Negotiated { still: f, .. } => Some(f),
             FormatChoice::SourceDefault => None,
+        }
+    }
+
+    /// For negotiated choices, the format of an animated result (`Some(None)`: the
+    /// source's default); `None` when the format was not negotiated.
+    pub fn animated(self) -> Option<Option<Format>> {
+        match self {
+            FormatChoice::Negotiated { animated, .. } => Some(animated),
+            _ => None,
         }
     }
 
@@ -29,19 +42,35 @@ impl FormatChoice {
     pub fn key(self) -> String {
         match self {
             FormatChoice::Explicit(f) => format!("x:{f}"),
-            FormatChoice::Negotiated(f) => format!("n:{f}"),
+            FormatChoice::Negotiated { still, animated } if animated == Some(still) => {
+                format!("n:{still}")
+            }
+            FormatChoice::Negotiated { still, animated } => match animated {
+                Some(a) => format!("n:{still}/{a}"),
+                None => format!("n:{still}/s"),
+            },
             FormatChoice::SourceDefault => "s".into(),
         }
     }
 }
 
 /// The best modern format the client accepts and this build writes (imgproxy: a substring
-/// test on `Accept`; AVIF first, then WebP).
-fn preferred(accept: Option<&str>) -> Option<Format> {
+/// test on `Accept`; AVIF first, then WebP), with the one for animated results.
+fn preferred(accept: Option<&str>) -> Option<FormatChoice> {
     let accept = accept?;
-    [Format::Avif, Format::Webp]
-        .into_iter()
-        .find(|f| encode::can_write(*f) && accept.contains(f.mime()))
+    let ok = |f: Format| encode::can_write(f) && accept.contains(f.mime());
+    let webp = ok(Format::Webp).then_some(Format::Webp);
+    if ok(Format::Avif) {
+        Some(FormatChoice::Negotiated {
+            still: Format::Avif,
+            animated: webp,
+        })
+    } else {
+        webp.map(|w| FormatChoice::Negotiated {
+            still: w,
+            animated: Some(w),
+        })
+    }
 }
 
 /// Decides the format, and whether the answer depends on `Accept` (→ `Vary: Accept`).
@@ -53,15 +82,11 @@ pub fn negotiate(
 ) -> (FormatChoice, bool) {
     let best = preferred(accept);
     match explicit {
-        Some(f) if enforce_format => match best {
-            Some(b) => (FormatChoice::Negotiated(b), true),
-            None => (FormatChoice::Explicit(f), true),
-        },
+        Some(f) if enforce_format => (best.unwrap_or(FormatChoice::Explicit(f)), true),
         Some(f) => (FormatChoice::Explicit(f), false),
-        None if auto_format || enforce_format => match best {
-            Some(b) => (FormatChoice::Negotiated(b), true),
-            None => (FormatChoice::SourceDefault, true),
-        },
+        None if auto_format || enforce_format => {
+            (best.unwrap_or(FormatChoice::SourceDefault), true)
+        }
         None => (FormatChoice::SourceDefault, false),
     }
 }
@@ -72,10 +97,23 @@ mod tests {
 
     #[test]
     fn decisions() {
-        let webp = Some("image/avif,image/webp,image/apng,*/*;q=0.8");
+        let both = Some("image/avif,image/webp,image/apng,*/*;q=0.8");
+        let avif = FormatChoice::Negotiated {
+            still: Format::Avif,
+            animated: Some(Format::Webp),
+        };
+        assert_eq!(negotiate(None, both, true, false), (avif, true));
+        assert_eq!(avif.key(), "n:avif/webp");
+        let webp = Some("image/webp,*/*");
+        let webp_choice = FormatChoice::Negotiated {
+            still: Format::Webp,
+            animated: Some(Format::Webp),
+        };
+        assert_eq!(negotiate(None, webp, true, false), (webp_choice, true));
+        assert_eq!(webp_choice.key(), "n:webp");
         assert_eq!(
-            negotiate(None, webp, true, false),
-            (FormatChoice::Negotiated(Format::Webp), true)
+            negotiate(None, Some("image/avif"), true, false).0.key(),
+            "n:avif/s"
         );
         assert_eq!(
             negotiate(None, Some("image/jpeg"), true, false),
@@ -95,7 +133,7 @@ mod tests {
         );
         assert_eq!(
             negotiate(Some(Format::Png), webp, true, true),
-            (FormatChoice::Negotiated(Format::Webp), true)
+            (webp_choice, true)
         );
         assert_eq!(
             negotiate(Some(Format::Png), Some("*/*"), false, true),

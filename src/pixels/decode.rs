@@ -31,7 +31,7 @@ pub struct Decoded {
 }
 
 /// Largest allocation any decoder may make, beyond the header-checked pixel buffer.
-const MAX_DECODER_ALLOC: u64 = 1 << 30;
+pub(crate) const MAX_DECODER_ALLOC: u64 = 1 << 30;
 
 /// Picks libjpeg's DCT scale denominator (1, 2, 4 or 8) for an overall shrink factor.
 ///
@@ -55,6 +55,7 @@ pub fn decode(
     match info.format {
         Format::Jpeg => decode_jpeg(data, info, jpeg_denominator),
         Format::Webp => decode_webp(data, info),
+        Format::Avif => super::avif::decode(data, info, 0),
         Format::Png => decode_with_image(data, info, ImageFormat::Png),
         Format::Gif => decode_gif(data, info),
         Format::Bmp => decode_with_image(data, info, ImageFormat::Bmp),
@@ -350,40 +351,17 @@ fn decode_webp(data: &[u8], info: &SourceInfo) -> Result<Decoded, DecodeError> {
 
 /// The first frame of an animated WebP, composited on its canvas.
 fn first_webp_frame(data: &[u8]) -> Option<DynamicImage> {
-    use libwebp_sys as sys;
-    // SAFETY: the decoder reads `data` only while it lives (deleted before return); the frame
-    // buffer it returns is owned by the decoder and copied out before deletion, with its length
-    // computed from the canvas size the decoder itself reports.
-    unsafe {
-        let mut opts: sys::WebPAnimDecoderOptions = std::mem::zeroed();
-        if sys::WebPAnimDecoderOptionsInit(&mut opts) == 0 {
-            return None;
-        }
-        opts.color_mode = sys::WEBP_CSP_MODE::MODE_RGBA;
-        opts.use_threads = 0;
-        let wd = sys::WebPData {
-            bytes: data.as_ptr(),
-            size: data.len(),
-        };
-        let dec = sys::WebPAnimDecoderNew(&wd, &opts);
-        if dec.is_null() {
-            return None;
-        }
-        let mut ai = sys::WebPAnimInfo::default();
-        let mut out = None;
-        if sys::WebPAnimDecoderGetInfo(dec, &mut ai) != 0 {
-            let mut buf: *mut u8 = std::ptr::null_mut();
-            let mut ts = 0;
-            if sys::WebPAnimDecoderGetNext(dec, &mut buf, &mut ts) != 0 && !buf.is_null() {
-                let len = ai.canvas_width as usize * ai.canvas_height as usize * 4;
-                let px = std::slice::from_raw_parts(buf, len).to_vec();
-                out = image::RgbaImage::from_raw(ai.canvas_width, ai.canvas_height, px)
-                    .map(DynamicImage::ImageRgba8);
-            }
-        }
-        sys::WebPAnimDecoderDelete(dec);
-        out
-    }
+    let mut frames = super::anim::WebpFrames::new(data).ok()?;
+    frames
+        .next_frame()
+        .ok()
+        .flatten()
+        .map(|f| DynamicImage::ImageRgba8(f.image))
+}
+
+/// The ICC profile of a WebP file.
+pub fn webp_icc(data: &[u8]) -> Option<Vec<u8>> {
+    webp_chunk(data, b"ICCP")
 }
 
 /// A top-level RIFF chunk's payload (ICCP, EXIF), bounded by the data.

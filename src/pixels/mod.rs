@@ -3,14 +3,19 @@
 //! pixels; `Job::run` does the CPU work (decode → ops → encode) and is what the server puts
 //! behind its CPU gate.
 
+pub mod anim;
+pub mod avif;
 pub mod color;
 pub mod decode;
 pub mod encode;
 pub mod metadata;
 pub mod ops;
 pub mod probe;
+pub mod svg;
 
 use std::collections::BTreeMap;
+
+use image::DynamicImage;
 
 use crate::format::Format;
 use crate::plan::{self, Plan, PlanError, ResultLimits, SourceGeometry};
@@ -23,6 +28,12 @@ pub use probe::{ProbeError, SourceInfo};
 /// Changes whenever the same (source, options) would give different output bytes; part of
 /// every ETag, so caches everywhere revalidate after an engine change.
 pub const ENGINE_REVISION: &str = concat!(env!("CARGO_PKG_VERSION"), "/1");
+
+/// AVIF results smaller than this on a side are written as PNG (alpha) or JPEG.
+pub const MIN_AVIF_SIDE: u32 = 16;
+
+/// Default frame cap of animated results.
+pub const DEFAULT_MAX_ANIMATION_FRAMES: u32 = 500;
 
 /// Engine limits and defaults that come from server configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,6 +53,13 @@ pub struct EngineConfig {
     pub format_quality: BTreeMap<Format, u8>,
     /// JPEG decode keeps at least this factor of the shrink for the Lanczos pass.
     pub jpeg_shrink_margin: f64,
+    /// Animations with more frames are refused (422) when the result would be animated;
+    /// 1 turns animation off (first frame only, as imgproxy's default).
+    pub max_animation_frames: u32,
+    /// Largest animation frame (canvas), in megapixels; 0 = `max_src_resolution`. Frames
+    /// are streamed, so this is what one frame costs in memory; time is bounded by the frame
+    /// count and the request deadline, checked between frames.
+    pub max_animation_frame_resolution: f64,
     pub encoder: EncoderConfig,
 }
 
@@ -59,6 +77,8 @@ impl Default for EngineConfig {
                 (Format::Jxl, 77),
             ]),
             jpeg_shrink_margin: 1.5,
+            max_animation_frames: DEFAULT_MAX_ANIMATION_FRAMES,
+            max_animation_frame_resolution: 0.0,
             encoder: EncoderConfig::default(),
         }
     }
@@ -85,6 +105,8 @@ pub enum PixelError {
     Probe(#[from] ProbeError),
     #[error("source is {pixels} pixels, over the limit of {limit}")]
     SourceTooManyPixels { pixels: u64, limit: u64 },
+    #[error("the animation has {frames} frames, over the limit of {limit}")]
+    TooManyFrames { frames: u32, limit: u32 },
     #[error("source is {bytes} bytes, over the limit of {limit}")]
     SourceTooManyBytes { bytes: u64, limit: u64 },
     #[error("option `{0}` is not supported yet")]
@@ -139,11 +161,22 @@ pub struct Job {
     keep_copyright: bool,
     jpeg_denominator: u32,
     encoder: EncoderConfig,
+    /// Every frame goes through the plan and the result is animated.
+    animate: bool,
+    /// SVG → SVG: the result is the sanitised document.
+    sanitize_svg: bool,
+    /// SVG → raster: the whole document is drawn at this size, then the plan runs on it.
+    render_size: (u32, u32),
+    /// The source pixel limit this job was checked against.
+    max_pixels: u64,
 }
 
 /// Output formats whose encoder here embeds an ICC profile.
 fn carries_icc(format: Format) -> bool {
-    matches!(format, Format::Jpeg | Format::Png | Format::Webp)
+    matches!(
+        format,
+        Format::Jpeg | Format::Png | Format::Webp | Format::Avif
+    )
 }
 
 /// Formats this build decodes.
@@ -154,6 +187,8 @@ pub fn can_read(format: Format) -> bool {
             | Format::Png
             | Format::Gif
             | Format::Webp
+            | Format::Avif
+            | Format::Svg
             | Format::Bmp
             | Format::Tiff
             | Format::Ico
@@ -163,7 +198,9 @@ pub fn can_read(format: Format) -> bool {
 /// The output format when the URL names none and no `Accept` negotiation applies: the
 /// source's own format when it can be written, else PNG for alpha and JPEG otherwise.
 pub fn default_format(info: &SourceInfo) -> Format {
-    if encode::can_write(info.format) && info.format != Format::Ico {
+    // SVG stays SVG (sanitised): vectors scale in the browser at no cost in bytes.
+    if info.format == Format::Svg || (encode::can_write(info.format) && info.format != Format::Ico)
+    {
         info.format
     } else if info.has_alpha {
         Format::Png
@@ -202,8 +239,15 @@ pub fn prepare(src: &[u8], o: &Options, cfg: &EngineConfig) -> Result<Job, Pixel
     if let Some(name) = o.unsupported() {
         return Err(PixelError::UnsupportedOption(name));
     }
-    let requested = o.format;
-    if o.skip_processing.contains(&info.format) && requested.is_none_or(|f| f == info.format) {
+    let mut requested = o.format;
+    if info.format == Format::Svg && o.animated_format.is_some() {
+        // Negotiation never turns a vector into a bitmap; an explicit format does.
+        requested = None;
+    }
+    let svg_out = info.format == Format::Svg && requested.is_none_or(|f| f == Format::Svg);
+    if svg_out
+        || (o.skip_processing.contains(&info.format) && requested.is_none_or(|f| f == info.format))
+    {
         return Ok(Job {
             format: info.format,
             quality: 0,
@@ -215,27 +259,65 @@ pub fn prepare(src: &[u8], o: &Options, cfg: &EngineConfig) -> Result<Job, Pixel
             keep_copyright: true,
             jpeg_denominator: 1,
             encoder: cfg.encoder.clone(),
+            animate: false,
+            // Even `skp:svg` never passes a document through unsanitised.
+            sanitize_svg: info.format == Format::Svg,
+            render_size: (0, 0),
+            max_pixels: 0,
             info,
         });
     }
     if !can_read(info.format) {
         return Err(PixelError::UnsupportedInput(info.format));
     }
-    // Only the first frame is processed for now, so frames do not multiply the pixel count.
+    // Frames are decoded one at a time, so the pixel limit applies per frame (the canvas).
     let limit_mp = o
         .security
         .max_src_resolution
         .unwrap_or(cfg.max_src_resolution);
     let limit = (limit_mp * 1_000_000.0) as u64;
-    if info.pixels() > limit {
+    // A vector's declared size costs nothing; what it is drawn at is bounded below.
+    if info.pixels() > limit && info.format != Format::Svg {
         return Err(PixelError::SourceTooManyPixels {
             pixels: info.pixels(),
             limit,
         });
     }
-    let format = requested.unwrap_or_else(|| default_format(&info));
+    let max_frames = o
+        .security
+        .max_animation_frames
+        .unwrap_or(cfg.max_animation_frames);
+    let animated_source = info.frames > 1 && anim::can_read(info.format) && max_frames > 1;
+    let mut format = requested.unwrap_or_else(|| default_format(&info));
+    if let Some(fallback) = o.animated_format
+        && animated_source
+        && !anim::can_write(format)
+    {
+        // A negotiated still-only format (AVIF) must not turn an animation static.
+        format = fallback.unwrap_or_else(|| default_format(&info));
+    }
     if !encode::can_write(format) {
         return Err(PixelError::UnsupportedOutput(format));
+    }
+    let animate = animated_source && anim::can_write(format);
+    if animate {
+        if info.frames > max_frames {
+            return Err(PixelError::TooManyFrames {
+                frames: info.frames,
+                limit: max_frames,
+            });
+        }
+        let frame_mp = o
+            .security
+            .max_animation_frame_resolution
+            .unwrap_or(cfg.max_animation_frame_resolution);
+        let frame_limit = (frame_mp * 1_000_000.0) as u64;
+        if frame_limit > 0 && info.pixels() > frame_limit {
+            return Err(PixelError::SourceTooManyPixels {
+                pixels: info.pixels(),
+                limit: frame_limit,
+            });
+        }
     }
     let geometry = SourceGeometry {
         width: info.width,
@@ -247,7 +329,21 @@ pub fn prepare(src: &[u8], o: &Options, cfg: &EngineConfig) -> Result<Job, Pixel
         max_result_dimension: cfg.max_result_dimension,
         max_result_pixels: (cfg.max_result_resolution * 1_000_000.0) as u64,
     };
-    let plan = plan::build(o, &geometry, &limits, format)?;
+    let mut plan = plan::build(o, &geometry, &limits, format)?;
+    if format == Format::Avif && plan.width.min(plan.height) < MIN_AVIF_SIDE {
+        // libaom refuses (or mangles) tiny frames; imgproxy falls back the same way.
+        format = if info.has_alpha && o.background.is_none() {
+            Format::Png
+        } else {
+            Format::Jpeg
+        };
+        plan = plan::build(o, &geometry, &limits, format)?;
+    }
+    let render_size = if info.format == Format::Svg {
+        svg_render_size(&plan, limit)
+    } else {
+        (0, 0)
+    };
     let jpeg_denominator = if info.format == Format::Jpeg {
         // Orientation does not matter: the shrink is the smaller of the two axes.
         decode::jpeg_scale_denominator(plan.shrink(), cfg.jpeg_shrink_margin)
@@ -265,6 +361,10 @@ pub fn prepare(src: &[u8], o: &Options, cfg: &EngineConfig) -> Result<Job, Pixel
         keep_copyright: o.strip_metadata && o.keep_copyright,
         jpeg_denominator,
         encoder: cfg.encoder.clone(),
+        animate,
+        sanitize_svg: false,
+        render_size,
+        max_pixels: limit,
         plan: Some(plan),
         format,
         info,
@@ -287,6 +387,20 @@ impl Job {
             Some(d) if std::time::Instant::now() >= d => Err(PixelError::Deadline),
             _ => Ok(()),
         };
+        if self.sanitize_svg {
+            let t = std::time::Instant::now();
+            let bytes = svg::sanitize(src)?;
+            return Ok(Encoded {
+                bytes,
+                format: Format::Svg,
+                width: self.info.width,
+                height: self.info.height,
+                timings: Timings {
+                    decode: t.elapsed(),
+                    ..Timings::default()
+                },
+            });
+        }
         let Some(plan) = &self.plan else {
             return Ok(Encoded {
                 bytes: src.to_vec(),
@@ -296,9 +410,18 @@ impl Job {
                 timings: Timings::default(),
             });
         };
+        if self.animate {
+            return self.run_animated(src, plan, &check);
+        }
         let mut timings = Timings::default();
         let t = std::time::Instant::now();
-        let decoded = decode::decode(src, &self.info, self.jpeg_denominator)?;
+        let decoded = if self.info.format == Format::Svg {
+            svg::render(src, self.render_size.0, self.render_size.1)?
+        } else if self.info.format == Format::Avif {
+            avif::decode(src, &self.info, self.max_pixels)?
+        } else {
+            decode::decode(src, &self.info, self.jpeg_denominator)?
+        };
         timings.decode = t.elapsed();
         check()?;
         let (dw, dh) = (decoded.image.width(), decoded.image.height());
@@ -346,6 +469,114 @@ impl Job {
             timings,
         })
     }
+}
+
+impl Job {
+    /// Whether the result will be animated.
+    pub fn is_animated(&self) -> bool {
+        self.animate
+    }
+
+    /// Streams every frame through the plan into an animated encoder.
+    fn run_animated(
+        &self,
+        src: &[u8],
+        plan: &Plan,
+        check: &dyn Fn() -> Result<(), PixelError>,
+    ) -> Result<Encoded, PixelError> {
+        let mut timings = Timings::default();
+        let fill = ops::Fill {
+            keep_alpha: self.keep_alpha,
+            background: self.background,
+        };
+        // Animations are always converted to sRGB: the animated encoders here carry no profile.
+        let icc = (self.info.format == Format::Webp)
+            .then(|| decode::webp_icc(src))
+            .flatten();
+        let mut frames = anim::Frames::new(src, &self.info)?;
+        let mut writer: Option<anim::Writer> = None;
+        let mut count = 0u32;
+        let (mut width, mut height) = (0, 0);
+        loop {
+            let t = std::time::Instant::now();
+            let Some(frame) = frames.next_frame()? else {
+                break;
+            };
+            timings.decode += t.elapsed();
+            count += 1;
+            if count > self.info.frames {
+                // The decoder found more frames than the header walk: never trust the excess.
+                return Err(
+                    DecodeError::Corrupt(self.info.format, "frame count changed".into()).into(),
+                );
+            }
+            let t = std::time::Instant::now();
+            let img = ops::apply(
+                DynamicImage::ImageRgba8(frame.image),
+                plan,
+                (1.0, 1.0),
+                fill,
+            )?;
+            let img = match &icc {
+                Some(p) => color::rgb_to_srgb(&img, p).unwrap_or(img),
+                None => img,
+            };
+            timings.transform += t.elapsed();
+            let t = std::time::Instant::now();
+            let w = match &mut writer {
+                Some(w) => w,
+                None => {
+                    (width, height) = (img.width(), img.height());
+                    writer.insert(anim::Writer::new(
+                        anim::Settings {
+                            format: self.format,
+                            quality: self.quality,
+                            encoder: &self.encoder,
+                            plays: self.info.plays,
+                            transparent: self.keep_alpha
+                                && self.background.is_none()
+                                && (self.info.has_alpha || img.color().has_alpha()),
+                        },
+                        width,
+                        height,
+                    )?)
+                }
+            };
+            w.add(&img, frame.delay_ms)?;
+            timings.encode += t.elapsed();
+            check()?;
+        }
+        let writer =
+            writer.ok_or_else(|| DecodeError::Corrupt(self.info.format, "no frames".into()))?;
+        let t = std::time::Instant::now();
+        let bytes = writer.finish()?;
+        timings.encode += t.elapsed();
+        Ok(Encoded {
+            bytes,
+            format: self.format,
+            width,
+            height,
+            timings,
+        })
+    }
+}
+
+/// The size to draw a whole SVG at so that the plan's crop comes out at its scaled size
+/// (the resize is then close to identity), within `max_pixels`.
+fn svg_render_size(plan: &Plan, max_pixels: u64) -> (u32, u32) {
+    // SVGs carry no orientation, so oriented = stored size.
+    let sx = f64::from(plan.scaled_width) / f64::from(plan.crop.width.max(1));
+    let sy = f64::from(plan.scaled_height) / f64::from(plan.crop.height.max(1));
+    let (mut w, mut h) = (
+        f64::from(plan.oriented_width) * sx,
+        f64::from(plan.oriented_height) * sy,
+    );
+    let pixels = w * h;
+    if pixels > max_pixels as f64 {
+        let k = (max_pixels as f64 / pixels).sqrt();
+        (w, h) = (w * k, h * k);
+    }
+    (w.round().max(1.0) as u32, h.round().max(1.0) as u32)
 }
 
 /// Runs the whole engine: `prepare` then `run`.

@@ -29,6 +29,9 @@ pub struct SourceInfo {
     pub orientation: u8,
     /// Number of frames (1 for still images).
     pub frames: u32,
+    /// How many times an animation plays, normalised across containers: 0 = forever
+    /// (GIF without a NETSCAPE2.0 block plays once; with a count n it repeats n times more).
+    pub plays: u32,
     pub has_alpha: bool,
     pub has_icc: bool,
     /// JPEG only: CMYK/YCCK, and whether Adobe's APP14 says values are stored inverted.
@@ -37,13 +40,14 @@ pub struct SourceInfo {
 }
 
 impl SourceInfo {
-    fn new(format: Format, width: u32, height: u32) -> Self {
+    pub(crate) fn new(format: Format, width: u32, height: u32) -> Self {
         SourceInfo {
             format,
             width,
             height,
             orientation: 1,
             frames: 1,
+            plays: 1,
             has_alpha: false,
             has_icc: false,
             cmyk: false,
@@ -168,10 +172,11 @@ pub fn probe(data: &[u8]) -> Result<SourceInfo, ProbeError> {
         Format::Gif => probe_gif(data)?,
         Format::Webp => probe_webp(data)?,
         Format::Tiff => probe_tiff(data)?,
-        Format::Svg => SourceInfo::new(Format::Svg, 0, 0),
+        Format::Svg => super::svg::probe(data)?,
+        Format::Avif => super::avif::probe(data)?,
         other => probe_generic(other, data)?,
     };
-    if info.format != Format::Svg && (info.width == 0 || info.height == 0) {
+    if info.width == 0 || info.height == 0 {
         return Err(ProbeError::Corrupt(format, "zero width or height"));
     }
     Ok(info)
@@ -412,6 +417,19 @@ fn probe_gif(d: &[u8]) -> Result<SourceInfo, ProbeError> {
                         info.has_alpha = true;
                     }
                 }
+                // Application extension NETSCAPE2.0 (or ANIMEXTS1.0): sub-block 1 holds the
+                // repeat count, 0 meaning forever.
+                if d.get(pos + 1) == Some(&0xFF)
+                    && d.get(pos + 2) == Some(&11)
+                    && d.get(pos + 3..pos + 14)
+                        .is_some_and(|id| id == b"NETSCAPE2.0" || id == b"ANIMEXTS1.0")
+                    && d.get(pos + 14) == Some(&3)
+                    && d.get(pos + 15) == Some(&1)
+                    && pos + 18 <= d.len()
+                {
+                    let repeats = u32::from(le16(d, pos + 16));
+                    info.plays = if repeats == 0 { 0 } else { repeats + 1 };
+                }
                 match skip_blocks(pos + 2) {
                     Some(p) => pos = p,
                     None => break,
@@ -433,6 +451,7 @@ fn probe_webp(d: &[u8]) -> Result<SourceInfo, ProbeError> {
     let mut info: Option<SourceInfo> = None;
     let mut frames = 0u32;
     let mut orientation = 1;
+    let mut plays = 0;
     let mut pos = 12;
     while pos + 8 <= d.len() {
         let kind = &d[pos..pos + 4];
@@ -464,6 +483,7 @@ fn probe_webp(d: &[u8]) -> Result<SourceInfo, ProbeError> {
                 info = Some(i);
             }
             b"ANMF" => frames += 1,
+            b"ANIM" if body.len() >= 6 => plays = u32::from(le16(body, 4)),
             b"EXIF" => {
                 // Some writers keep the JPEG-style prefix.
                 let tiff = body.strip_prefix(b"Exif\0\0").unwrap_or(body);
@@ -476,6 +496,7 @@ fn probe_webp(d: &[u8]) -> Result<SourceInfo, ProbeError> {
     }
     let mut info = info.ok_or(ProbeError::Corrupt(F, "no image chunk"))?;
     info.frames = frames.max(1);
+    info.plays = if frames > 1 { plays } else { 1 };
     info.orientation = orientation;
     Ok(info)
 }

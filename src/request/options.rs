@@ -294,6 +294,10 @@ pub struct Options {
     pub format_quality: BTreeMap<Format, u8>,
     pub max_bytes: u64,
     pub format: Option<Format>,
+    /// Set by `Accept` negotiation, never by the URL (so not part of the canonical form,
+    /// the negotiation decision is in the cache key): `Some` when `format` was negotiated,
+    /// holding the format for an animated result (`None` inside: the source's default).
+    pub animated_format: Option<Option<Format>>,
     pub skip_processing: Vec<Format>,
     pub raw: bool,
     pub cachebuster: String,
@@ -346,6 +350,7 @@ impl Default for Options {
             format_quality: BTreeMap::new(),
             max_bytes: 0,
             format: None,
+            animated_format: None,
             skip_processing: Vec::new(),
             raw: false,
             cachebuster: String::new(),

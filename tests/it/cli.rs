@@ -47,7 +47,7 @@ fn bad_options_and_bad_images_fail_with_one_line() {
         ),
         (
             path_str(&src).to_string(),
-            "f:avif",
+            "f:jxl",
             "unsupported-output-format (422)",
         ),
         (

@@ -20,10 +20,11 @@ fn options(s: &str) -> Options {
     parse(s, &ctx).unwrap()
 }
 
-const OUTPUTS: [Format; 7] = [
+const OUTPUTS: [Format; 8] = [
     Format::Jpeg,
     Format::Png,
     Format::Webp,
+    Format::Avif,
     Format::Gif,
     Format::Bmp,
     Format::Tiff,
@@ -38,7 +39,12 @@ fn every_decodable_conformance_input_to_every_output_format() {
         .filter(|r| r.path.starts_with("conformance/"))
         .filter(|r| r.expected.starts_with("decode ok"))
         .filter(|r| !r.expected.contains("4xx") && !r.expected.contains("rejected"))
-        .filter(|r| matches!(r.format.as_str(), "JPEG" | "PNG" | "GIF" | "WEBP" | "BMP"))
+        .filter(|r| {
+            matches!(
+                r.format.as_str(),
+                "JPEG" | "PNG" | "GIF" | "WEBP" | "BMP" | "AVIF"
+            )
+        })
         .collect();
     assert!(inputs.len() > 200, "{} inputs", inputs.len());
     let mut failures = Vec::new();
@@ -115,4 +121,40 @@ fn invalid_orientation_is_treated_as_upright() {
     let src = read("hostile/jpeg_exif_orientation_invalid_9.jpg");
     let out = pixgate::transform(&src, "f:png", &EngineConfig::default()).unwrap();
     assert_eq!((out.width, out.height), (227, 149));
+}
+
+/// 16-bit PNGs come down to 8 bits by rounding (v / 257), not truncation: a smooth 16-bit
+/// ramp gives every 8-bit level, in order, each within half a level of the exact value.
+#[test]
+fn sixteen_bit_png_rounds_to_eight_bits_without_banding() {
+    let (w, h) = (4096u32, 4u32);
+    let ramp = image::ImageBuffer::<image::Rgba<u16>, Vec<u16>>::from_fn(w, h, |x, _| {
+        let v = (u64::from(x) * 65535 / u64::from(w - 1)) as u16;
+        image::Rgba([v, 65535 - v, v / 2, 65535 - v / 3])
+    });
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgba16(ramp.clone())
+        .write_to(&mut png, image::ImageFormat::Png)
+        .unwrap();
+    let out = pixgate::transform(png.get_ref(), "f:png", &EngineConfig::default()).unwrap();
+    let got = crate::support::decode(&out.bytes).to_rgba8();
+    assert_eq!(got.dimensions(), (w, h));
+    let mut seen = std::collections::BTreeSet::new();
+    let mut last = 0u8;
+    for x in 0..w {
+        let p = got.get_pixel(x, 1);
+        let s = ramp.get_pixel(x, 1);
+        for c in 0..4 {
+            let exact = f64::from(s[c]) / 257.0;
+            assert!(
+                (f64::from(p[c]) - exact).abs() <= 0.5 + 1e-9,
+                "x {x} channel {c}: {} for {exact:.2}",
+                p[c]
+            );
+        }
+        assert!(p[0] >= last, "ramp not monotonic at {x}");
+        last = p[0];
+        seen.insert(p[0]);
+    }
+    assert_eq!(seen.len(), 256, "every 8-bit level is used");
 }

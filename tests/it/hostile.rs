@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use crate::support::{TempDir, fixture, manifest, path_str, read, run_pixgate};
+use crate::support::{TempDir, avif_with_ispe, fixture, manifest, path_str, read, run_pixgate};
 
 /// Peak RSS a single transform may reach, far below what any bomb here would need.
 const MAX_RSS_KIB: i64 = 512 * 1024;
@@ -212,6 +212,31 @@ fn half(rel: &str) -> Vec<u8> {
     b[..b.len() / 2].to_vec()
 }
 
+/// A GIF whose logical screen is 65535x65535 with one 1x1 frame: 4.3 GP from an 800-byte
+/// header.
+fn gif_huge_screen() -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut enc = gif::Encoder::new(&mut out, 65535, 65535, &[]).unwrap();
+    let mut px = vec![255u8, 0, 0, 255];
+    enc.write_frame(&gif::Frame::from_rgba(1, 1, &mut px))
+        .unwrap();
+    drop(enc);
+    out
+}
+
+/// `n` distinct 4x4 frames.
+fn gif_frames(n: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut enc = gif::Encoder::new(&mut out, 4, 4, &[]).unwrap();
+    for i in 0..n {
+        let mut px = [(i % 256) as u8, (i / 256) as u8, 7, 255].repeat(16);
+        enc.write_frame(&gif::Frame::from_rgba(4, 4, &mut px))
+            .unwrap();
+    }
+    drop(enc);
+    out
+}
+
 #[test]
 fn generated_hostile_files_are_survived_within_bounds() {
     let dir = TempDir::new("hostile-gen");
@@ -250,6 +275,22 @@ fn generated_hostile_files_are_survived_within_bounds() {
         (
             "truncated.webp",
             half("conformance/webp/image-webp/regression/tiny.webp"),
+            Some(false),
+        ),
+        ("gif_screen_65535x65535.gif", gif_huge_screen(), Some(false)),
+        (
+            "gif_600_frames_over_the_cap.gif",
+            gif_frames(600),
+            Some(false),
+        ),
+        (
+            "avif_ispe_claims_20000x20000.avif",
+            avif_with_ispe(20000, 20000),
+            Some(false),
+        ),
+        (
+            "avif_ispe_claims_16x16.avif",
+            avif_with_ispe(16, 16),
             Some(false),
         ),
     ];

@@ -1,6 +1,8 @@
 //! The one integration test binary: the engine, the real `pixgate` binary and the server
 //! against the shared fixtures and a real local origin.
 
+mod animation;
+mod avif;
 mod cache;
 mod cli;
 mod color;
@@ -16,3 +18,4 @@ mod policy;
 mod serve;
 mod stack;
 mod support;
+mod svg;

@@ -111,7 +111,7 @@ async fn serves_the_bundled_samples_with_api_headers() {
         ),
         (
             "GET",
-            "/insecure/plain/local:///seeding.jpg@avif",
+            "/insecure/plain/local:///seeding.jpg@jxl",
             422,
             "unsupported-output-format",
         ),
@@ -505,7 +505,7 @@ async fn hostile_sources_through_the_origin() {
             .await;
         match expectation(row) {
             Expect::Decode => assert_eq!(r.status, 200, "{}: {}", row.path, r.code()),
-            Expect::Reject | Expect::NotYetSupported => {
+            Expect::Reject => {
                 assert!((400..500).contains(&r.status), "{}: {}", row.path, r.status)
             }
             Expect::Either => assert!(

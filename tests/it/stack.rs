@@ -319,12 +319,14 @@ fn through_nginx_urls_stick_to_one_process_and_the_disk_tier_answers_repeats() {
     // Accept variants are separate entries in nginx's cache, never mixed up.
     let auto = "/insecure/rs:fit:48:0/plain/local:///friends.jpg";
     for round in 0..2 {
-        let webp = stack.get(auto, &[("Accept", "image/avif,image/webp,*/*")]);
+        let modern = stack.get(auto, &[("Accept", "image/avif,image/webp,*/*")]);
+        let webp = stack.get(auto, &[("Accept", "image/webp,*/*")]);
         let jpeg = stack.get(auto, &[("Accept", "image/jpeg,*/*")]);
         // No Accept: the same answer as the JPEG-only browser, so the same entry.
         let plain = stack.get(auto, &[]);
         let first = if round == 0 { "MISS" } else { "HIT" };
         for (r, ty, status) in [
+            (&modern, "image/avif", first),
             (&webp, "image/webp", first),
             (&jpeg, "image/jpeg", first),
             (&plain, "image/jpeg", "HIT"),

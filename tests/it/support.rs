@@ -84,7 +84,14 @@ pub fn run_pixgate(args: &[&str], hang_guard: Duration) -> Run {
     let mut status = 0;
     // SAFETY: plain libc calls on our own child's pid; `rusage` is a POD out-parameter.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // Peak RSS from the child's own VmHWM, not wait4's ru_maxrss: Linux folds the high-water
+    // mark of the memory the process had *before* exec into ru_maxrss, and a child spawned
+    // with vfork semantics had this (large, multi-test) process's memory then.
+    let mut peak_kib = 0i64;
     loop {
+        if let Some(hwm) = vm_hwm_kib(pid) {
+            peak_kib = peak_kib.max(hwm);
+        }
         let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
         if r == pid {
             break;
@@ -104,13 +111,50 @@ pub fn run_pixgate(args: &[&str], hang_guard: Duration) -> Run {
     Run {
         code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
         stderr,
-        max_rss_kib: usage.ru_maxrss,
+        max_rss_kib: peak_kib,
     }
 }
 
-/// Decodes an encoded result with the `image` crate (an independent decoder).
+/// `VmHWM` of a running process, KiB; `None` once it has exited or before it has an `mm`.
+fn vm_hwm_kib(pid: libc::pid_t) -> Option<i64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Decodes an encoded result with a decoder other than pixgate's pipeline: the `image` crate;
+/// for AVIF, libavif + dav1d (the reference implementation, which our build links); for
+/// SVG, resvg drawing the document at its own size.
 pub fn decode(bytes: &[u8]) -> image::DynamicImage {
-    image::load_from_memory(bytes).expect("result decodes")
+    match pixgate::pixels::probe::probe(bytes) {
+        Ok(info) if info.format == pixgate::Format::Avif => {
+            pixgate::pixels::avif::decode(bytes, &info, 0)
+                .expect("result decodes")
+                .image
+        }
+        Ok(info) if info.format == pixgate::Format::Svg => {
+            let tree = resvg::usvg::Tree::from_data(bytes, &resvg::usvg::Options::default())
+                .expect("result parses");
+            let size = tree.size().to_int_size();
+            let mut pixmap = resvg::tiny_skia::Pixmap::new(size.width(), size.height()).unwrap();
+            resvg::render(&tree, Default::default(), &mut pixmap.as_mut());
+            let px = pixmap
+                .pixels()
+                .iter()
+                .flat_map(|p| {
+                    let c = p.demultiply();
+                    [c.red(), c.green(), c.blue(), c.alpha()]
+                })
+                .collect();
+            image::DynamicImage::ImageRgba8(
+                image::RgbaImage::from_raw(size.width(), size.height(), px).unwrap(),
+            )
+        }
+        other => image::load_from_memory(bytes)
+            .unwrap_or_else(|e| panic!("result decodes: {e} (probe: {other:?})")),
+    }
 }
 
 /// Mean and maximum absolute difference per channel of two same-size RGBA images.
@@ -149,4 +193,14 @@ impl Drop for TempDir {
 
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
+}
+
+/// A real AVIF (768x512) whose first `ispe` (image spatial extents) property claims
+/// another size.
+pub fn avif_with_ispe(w: u32, h: u32) -> Vec<u8> {
+    let mut out = read("conformance/avif/libavif-testdata/io/kodim23_yuv420_8bpc.avif");
+    let at = out.windows(4).position(|x| x == b"ispe").expect("ispe");
+    out[at + 8..at + 12].copy_from_slice(&w.to_be_bytes());
+    out[at + 12..at + 16].copy_from_slice(&h.to_be_bytes());
+    out
 }

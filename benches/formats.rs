@@ -1,0 +1,130 @@
+//! Format costs: AVIF encoding per libaom speed against WebP and JPEG on the same 800 px
+//! photo, and animated GIF (50 frames, 480 px) resized to GIF and to animated WebP. Prints
+//! output bytes once per case. `cargo bench --bench formats`.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use image::DynamicImage;
+use pixgate::EngineConfig;
+use pixgate::pixels::encode::{self, EncoderConfig, Metadata};
+
+fn fixture(rel: &str) -> Vec<u8> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures")
+        .join(rel);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// The seeding photo at 800 px wide, decoded: what the encoders get after a resize.
+fn photo_800() -> DynamicImage {
+    let src = fixture("photos/lomiri16_seeding_baseline.jpg");
+    let out = pixgate::transform(&src, "rs:fit:800:0/f:png", &EngineConfig::default()).unwrap();
+    image::load_from_memory(&out.bytes).unwrap()
+}
+
+/// A 50-frame 480x270 animated GIF: a slow pan across a photo (every frame differs, as in a
+/// video clip), 40 ms per frame, looping forever.
+fn animated_gif() -> Vec<u8> {
+    let src = fixture("photos/lomiri16_friends_by_Aitzol_Berasategi.jpg");
+    let wide = pixgate::transform(&src, "rs:fit:960:0/f:png", &EngineConfig::default()).unwrap();
+    let wide = image::load_from_memory(&wide.bytes).unwrap().to_rgba8();
+    let mut out = Vec::new();
+    {
+        let mut enc = gif::Encoder::new(&mut out, 480, 270, &[]).unwrap();
+        enc.set_repeat(gif::Repeat::Infinite).unwrap();
+        for i in 0..50u32 {
+            let x = i * (wide.width() - 480) / 49;
+            let mut frame = image::imageops::crop_imm(&wide, x, 0, 480, 270)
+                .to_image()
+                .into_raw();
+            let mut f = gif::Frame::from_rgba_speed(480, 270, &mut frame, 10);
+            f.delay = 4;
+            enc.write_frame(&f).unwrap();
+        }
+    }
+    out
+}
+
+fn encode_case(
+    c: &mut Criterion,
+    name: &str,
+    img: &DynamicImage,
+    format: pixgate::Format,
+    q: u8,
+    cfg: &EncoderConfig,
+) {
+    let bytes = encode::encode(img, format, q, cfg, Metadata::default()).unwrap();
+    eprintln!("{name}: {} bytes", bytes.len());
+    c.bench_function(name, |b| {
+        b.iter(|| encode::encode(black_box(img), format, q, cfg, Metadata::default()).unwrap())
+    });
+}
+
+fn formats(c: &mut Criterion) {
+    let img = photo_800();
+    let base = EncoderConfig::default();
+    encode_case(
+        c,
+        "encode_800_jpeg_q80",
+        &img,
+        pixgate::Format::Jpeg,
+        80,
+        &base,
+    );
+    encode_case(
+        c,
+        "encode_800_webp_q79",
+        &img,
+        pixgate::Format::Webp,
+        79,
+        &base,
+    );
+    for speed in [6u8, 7, 8, 9, 10] {
+        let cfg = EncoderConfig {
+            avif_speed: speed,
+            ..base.clone()
+        };
+        encode_case(
+            c,
+            &format!("encode_800_avif_q63_speed{speed}"),
+            &img,
+            pixgate::Format::Avif,
+            63,
+            &cfg,
+        );
+    }
+
+    let gif = animated_gif();
+    eprintln!("animated source: {} bytes", gif.len());
+    let cfg = EngineConfig::default();
+    for (name, opts) in [
+        ("anim_gif_50x480_to_240_gif", "rs:fit:240:0"),
+        ("anim_gif_50x480_to_240_webp", "rs:fit:240:0/f:webp"),
+        ("anim_gif_50x480_to_480_webp", "f:webp"),
+        ("anim_gif_50x480_first_frame_240_jpeg", "rs:fit:240:0/f:jpg"),
+    ] {
+        let out = pixgate::transform(&gif, opts, &cfg).unwrap();
+        eprintln!(
+            "{name}: {}x{} {} bytes",
+            out.width,
+            out.height,
+            out.bytes.len()
+        );
+        c.bench_function(name, |b| {
+            b.iter(|| pixgate::transform(black_box(&gif), opts, &cfg).unwrap())
+        });
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
+    targets = formats
+}
+criterion_main!(benches);
