@@ -1,6 +1,6 @@
 //! Format costs: AVIF encoding per libaom speed against WebP and JPEG on the same 800 px
 //! photo, and animated GIF (50 frames, 480 px) resized to GIF and to animated WebP. Prints
-//! output bytes once per case. `cargo bench --bench formats`.
+//! output bytes once per case; and `max_bytes` cost. `cargo bench --bench formats`.
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -95,6 +95,30 @@ fn formats(c: &mut Criterion) {
             63,
             &cfg,
         );
+    }
+
+    // max_bytes: 70% of the default-quality size forces the bisection (at most 8 encodes).
+    let src = fixture("photos/lomiri16_seeding_baseline.jpg");
+    for f in ["jpg", "webp", "avif"] {
+        let base = pixgate::transform(
+            &src,
+            &format!("rs:fit:800:0/f:{f}"),
+            &EngineConfig::default(),
+        )
+        .unwrap()
+        .bytes
+        .len();
+        let opts = format!("rs:fit:800:0/f:{f}/mb:{}", base * 7 / 10);
+        let name = format!("mb_70pct_800_{f}");
+        let out = pixgate::transform(&src, &opts, &EngineConfig::default()).unwrap();
+        eprintln!(
+            "{name}: {} bytes (default quality: {base})",
+            out.bytes.len()
+        );
+        let cfg = EngineConfig::default();
+        c.bench_function(&name, |b| {
+            b.iter(|| pixgate::transform(black_box(&src), &opts, &cfg).unwrap())
+        });
     }
 
     let gif = animated_gif();

@@ -109,6 +109,7 @@ impl Error {
                 PixelError::SourceTooManyPixels { .. } => "source-resolution-too-large",
                 PixelError::SourceTooManyBytes { .. } => "source-file-too-large",
                 PixelError::TooManyFrames { .. } => "too-many-frames",
+                PixelError::MaxBytesUnreachable { .. } => "max-bytes-unreachable",
                 PixelError::UnsupportedOption(_) => "unsupported-option",
                 PixelError::UnsupportedInput(_) => "unsupported-source-format",
                 PixelError::UnsupportedOutput(_) => "unsupported-output-format",

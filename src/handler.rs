@@ -159,7 +159,8 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr)
             Ok(response::health())
         }
         (&Method::GET | &Method::HEAD, p) if p != "/" && p != "/favicon.ico" => {
-            route = Route::Transform;
+            let info = p.starts_with("/info/");
+            route = if info { Route::Info } else { Route::Transform };
             let timeout = state.config.request_timeout;
             let caller = state.policy.as_ref().map(|_| Caller {
                 ip: client::client_ip(peer.ip(), req.headers(), &state.config.trusted_proxies),
@@ -169,14 +170,21 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr)
                 referer: header(REFERER),
                 user_agent: header(USER_AGENT),
             });
-            let work = transform(
-                &state,
-                &target,
-                accept.as_deref(),
-                inm.as_deref(),
-                caller,
-                &mut trace,
-            );
+            let work = async {
+                if info {
+                    describe(&state, &target["/info".len()..], caller).await
+                } else {
+                    transform(
+                        &state,
+                        &target,
+                        accept.as_deref(),
+                        inm.as_deref(),
+                        caller,
+                        &mut trace,
+                    )
+                    .await
+                }
+            };
             match tokio::time::timeout(timeout, work).instrument(span).await {
                 Ok(r) => r,
                 Err(_) => Err(Error::Timeout),
@@ -404,6 +412,25 @@ async fn transform(
         trace.stages = Some(r.stages);
     }
     Ok(response::image(&r, &parsed, ttl, now, vary))
+}
+
+/// `/info`: the same URL grammar, signature and policy as a transform; the answer is JSON
+/// from the source's header (the source cache spares the origin a second fetch when the
+/// image itself is requested next).
+async fn describe(
+    state: &Arc<State>,
+    target: &str,
+    caller: Option<Caller<'_>>,
+) -> Result<Response<Body>, Error> {
+    let now = crate::now_unix();
+    let parsed = url::parse(target, &state.url_context(now))?;
+    let choice = FormatChoice::SourceDefault;
+    if let (Some(policy), Some(caller)) = (&state.policy, caller) {
+        admit(policy, &caller.view(&parsed, choice))?;
+    }
+    let src = state.source(&parsed).await?;
+    let info = crate::info::describe(&src.bytes, &parsed.options, &state.config.engine)?;
+    Ok(response::json(info.to_json(), state.config.raw.ttl))
 }
 
 /// Produces a result: source → checks and plan → pixel job through the gate. Runs as its own

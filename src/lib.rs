@@ -27,6 +27,7 @@ pub mod cpu;
 pub mod error;
 pub mod format;
 pub mod handler;
+pub mod info;
 pub mod metrics;
 pub mod negotiate;
 pub mod origin;

@@ -30,15 +30,17 @@ const STAGE_BUCKETS: &[f64] = &[
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     Transform,
+    Info,
     Health,
     Other,
 }
 
 impl Route {
-    const ALL: [Route; 3] = [Route::Transform, Route::Health, Route::Other];
+    const ALL: [Route; 4] = [Route::Transform, Route::Info, Route::Health, Route::Other];
     fn name(self) -> &'static str {
         match self {
             Route::Transform => "transform",
+            Route::Info => "info",
             Route::Health => "health",
             Route::Other => "other",
         }

@@ -94,6 +94,40 @@ pub struct Plan {
     pub dpr: f64,
     pub blur_sigma: f64,
     pub sharpen_sigma: f64,
+    /// Block size of `pixelate` in result pixels (0: off), after blur and sharpen.
+    pub pixelate: u32,
+    /// Colour adjustments, after pixelate.
+    pub adjust: Adjust,
+}
+
+/// `brightness`, `contrast`, `saturation` (`adjust`) and `monochrome`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Adjust {
+    /// Added to every colour channel, -255..=255.
+    pub brightness: i32,
+    /// Scale of the distance from mid-grey; 1 = unchanged.
+    pub contrast: f64,
+    /// Scale of the distance from the pixel's luma; 1 = unchanged, 0 = grey.
+    pub saturation: f64,
+    /// Blend (0..=1) towards a one-colour rendering in `color`.
+    pub monochrome: Option<(f64, crate::request::options::Rgb)>,
+}
+
+impl Default for Adjust {
+    fn default() -> Self {
+        Adjust {
+            brightness: 0,
+            contrast: 1.0,
+            saturation: 1.0,
+            monochrome: None,
+        }
+    }
+}
+
+impl Adjust {
+    pub fn is_identity(&self) -> bool {
+        *self == Adjust::default()
+    }
 }
 
 impl Plan {
@@ -123,6 +157,8 @@ impl Plan {
             && self.embeds.is_empty()
             && self.blur_sigma == 0.0
             && self.sharpen_sigma == 0.0
+            && self.pixelate <= 1
+            && self.adjust.is_identity()
     }
 }
 
@@ -564,6 +600,13 @@ pub fn build(
         dpr,
         blur_sigma: o.blur,
         sharpen_sigma: o.sharpen,
+        pixelate: o.pixelate,
+        adjust: Adjust {
+            brightness: o.brightness,
+            contrast: o.contrast,
+            saturation: o.saturation,
+            monochrome: o.monochrome.as_ref().map(|m| (m.intensity, m.color)),
+        },
     })
 }
 

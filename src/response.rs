@@ -193,6 +193,24 @@ pub fn health() -> Response<Body> {
     r
 }
 
+/// A JSON document (`/info`), cacheable like an image: it depends only on the URL.
+pub fn json(body: Vec<u8>, ttl: u64) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let cc = if ttl == 0 {
+        HeaderValue::from_static("no-cache")
+    } else {
+        HeaderValue::from_str(&format!("public, max-age={ttl}"))
+            .unwrap_or(HeaderValue::from_static("no-cache"))
+    };
+    h.insert(header::CACHE_CONTROL, cc);
+    r
+}
+
 /// The JSON error response: stable code, public message, never internal detail.
 pub fn error(e: &Error) -> Response<Body> {
     let body = serde_json::json!({

@@ -180,6 +180,21 @@ pub fn probe(data: &[u8]) -> Result<SourceInfo, ProbeError> {
     Ok(info)
 }
 
+/// The ICC profile and EXIF block from the container (no AV1 data decoded).
+pub fn metadata(data: &[u8]) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+    let Ok(dec) = Decoder::parse(data, 0) else {
+        return (None, None);
+    };
+    let img = dec.image();
+    (rw_bytes(&img.icc), rw_bytes(&img.exif))
+}
+
+fn rw_bytes(d: &sys::avifRWData) -> Option<Vec<u8>> {
+    // SAFETY: libavif keeps `size` bytes at `data` while the image lives.
+    (d.size > 0 && !d.data.is_null())
+        .then(|| unsafe { std::slice::from_raw_parts(d.data, d.size) }.to_vec())
+}
+
 /// Decodes the first frame to 8-bit RGB(A). `max_pixels` bounds what dav1d will decode
 /// (0: libavif's default); a bitstream whose size differs from the container's is refused.
 pub fn decode(data: &[u8], info: &SourceInfo, max_pixels: u64) -> Result<Decoded, DecodeError> {
@@ -231,14 +246,10 @@ pub fn decode(data: &[u8], info: &SourceInfo, max_pixels: u64) -> Result<Decoded
             image::RgbImage::from_raw(w, h, px).map(DynamicImage::ImageRgb8)
         }
         .ok_or_else(|| corrupt("short buffer".into()))?;
-        let bytes = |d: &sys::avifRWData| {
-            (d.size > 0 && !d.data.is_null())
-                .then(|| std::slice::from_raw_parts(d.data, d.size).to_vec())
-        };
         Ok(Decoded {
             image,
-            icc: bytes(&(*img).icc),
-            exif: bytes(&(*img).exif),
+            icc: rw_bytes(&(*img).icc),
+            exif: rw_bytes(&(*img).exif),
         })
     }
 }

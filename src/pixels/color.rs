@@ -109,6 +109,15 @@ fn source_profile(icc: &[u8], want: ColorSpaceSignature) -> Option<Profile> {
     Some(profile)
 }
 
+/// A profile's description (its human name, e.g. "Display P3"), when lcms2 can read it.
+pub fn profile_name(icc: &[u8]) -> Option<String> {
+    let profile = Profile::new_icc(icc).ok()?;
+    profile
+        .info(InfoType::Description, Locale::none())
+        .map(|d| d.trim().to_string())
+        .filter(|d| !d.is_empty())
+}
+
 /// Converts an RGB(A) image tagged with `icc` to sRGB. Returns `None` when nothing had to be
 /// done (sRGB, grey, unreadable or non-RGB profile).
 pub fn rgb_to_srgb(img: &DynamicImage, icc: &[u8]) -> Option<DynamicImage> {

@@ -280,7 +280,7 @@ fn decode_gif(data: &[u8], info: &SourceInfo) -> Result<Decoded, DecodeError> {
 
 /// Joins ICC_PROFILE APP2 chunks in sequence order; an incomplete or inconsistent set is
 /// dropped (the image is then treated as sRGB), never an error.
-fn assemble_icc(mut chunks: Vec<(u8, u8, &[u8])>) -> Option<Vec<u8>> {
+pub(crate) fn assemble_icc(mut chunks: Vec<(u8, u8, &[u8])>) -> Option<Vec<u8>> {
     let total = chunks.first()?.1;
     if total == 0 || chunks.len() != usize::from(total) || chunks.iter().any(|c| c.1 != total) {
         return None;
@@ -362,6 +362,11 @@ fn first_webp_frame(data: &[u8]) -> Option<DynamicImage> {
 /// The ICC profile of a WebP file.
 pub fn webp_icc(data: &[u8]) -> Option<Vec<u8>> {
     webp_chunk(data, b"ICCP")
+}
+
+/// The EXIF chunk of a WebP file, as stored.
+pub fn webp_exif(data: &[u8]) -> Option<Vec<u8>> {
+    webp_chunk(data, b"EXIF")
 }
 
 /// A top-level RIFF chunk's payload (ICCP, EXIF), bounded by the data.

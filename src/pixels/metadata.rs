@@ -24,6 +24,50 @@ pub fn copyright_only(tiff: &[u8]) -> Option<Vec<u8>> {
     Some(out.into_inner())
 }
 
+/// The EXIF facts `/info` reports.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct ExifSummary {
+    /// Make and model, e.g. "Apple iPhone 15 Pro".
+    pub camera: Option<String>,
+    /// DateTimeOriginal as written, e.g. "2024:05:01 12:30:00".
+    pub taken_at: Option<String>,
+    pub copyright: Option<String>,
+}
+
+/// The camera, capture time and copyright of a TIFF-structured EXIF block.
+pub fn summary(tiff: &[u8]) -> ExifSummary {
+    let Ok(exif) = exif::Reader::new().read_raw(tiff.to_vec()) else {
+        return ExifSummary::default();
+    };
+    let text = |tag: Tag| {
+        exif.get_field(tag, In::PRIMARY)
+            .and_then(|f| match &f.value {
+                exif::Value::Ascii(parts) => {
+                    let s: String = parts
+                        .iter()
+                        .map(|p| String::from_utf8_lossy(p).trim().to_string())
+                        .filter(|p| !p.is_empty())
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    // Bounded: the JSON answer must stay small whatever the file says.
+                    (!s.is_empty()).then(|| s.chars().take(200).collect::<String>())
+                }
+                _ => None,
+            })
+    };
+    let camera = match (text(Tag::Make), text(Tag::Model)) {
+        // Models often repeat the make ("Canon" + "Canon EOS R5").
+        (Some(make), Some(model)) if model.starts_with(&make) => Some(model),
+        (Some(make), Some(model)) => Some(format!("{make} {model}")),
+        (make, model) => make.or(model),
+    };
+    ExifSummary {
+        camera,
+        taken_at: text(Tag::DateTimeOriginal).or_else(|| text(Tag::DateTime)),
+        copyright: text(Tag::Copyright),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

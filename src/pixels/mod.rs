@@ -29,6 +29,9 @@ pub use probe::{ProbeError, SourceInfo};
 /// every ETag, so caches everywhere revalidate after an engine change.
 pub const ENGINE_REVISION: &str = concat!(env!("CARGO_PKG_VERSION"), "/1");
 
+/// Encodes one `max_bytes` result may cost, the first included.
+pub const MAX_BYTES_ENCODES: u32 = 8;
+
 /// AVIF results smaller than this on a side are written as PNG (alpha) or JPEG.
 pub const MIN_AVIF_SIDE: u32 = 16;
 
@@ -105,6 +108,8 @@ pub enum PixelError {
     Probe(#[from] ProbeError),
     #[error("source is {pixels} pixels, over the limit of {limit}")]
     SourceTooManyPixels { pixels: u64, limit: u64 },
+    #[error("no quality brings the result under {limit} bytes (smallest: {smallest})")]
+    MaxBytesUnreachable { smallest: u64, limit: u64 },
     #[error("the animation has {frames} frames, over the limit of {limit}")]
     TooManyFrames { frames: u32, limit: u32 },
     #[error("source is {bytes} bytes, over the limit of {limit}")]
@@ -169,6 +174,8 @@ pub struct Job {
     render_size: (u32, u32),
     /// The source pixel limit this job was checked against.
     max_pixels: u64,
+    /// `max_bytes`: 0 = none.
+    max_bytes: u64,
 }
 
 /// Output formats whose encoder here embeds an ICC profile.
@@ -264,6 +271,7 @@ pub fn prepare(src: &[u8], o: &Options, cfg: &EngineConfig) -> Result<Job, Pixel
             sanitize_svg: info.format == Format::Svg,
             render_size: (0, 0),
             max_pixels: 0,
+            max_bytes: 0,
             info,
         });
     }
@@ -365,6 +373,7 @@ pub fn prepare(src: &[u8], o: &Options, cfg: &EngineConfig) -> Result<Job, Pixel
         sanitize_svg: false,
         render_size,
         max_pixels: limit,
+        max_bytes: o.max_bytes,
         plan: Some(plan),
         format,
         info,
@@ -459,7 +468,7 @@ impl Job {
             exif: exif.as_deref(),
         };
         let t = std::time::Instant::now();
-        let bytes = encode::encode(&img, self.format, self.quality, &self.encoder, meta)?;
+        let bytes = self.encode_within(&img, meta, &check)?;
         timings.encode = t.elapsed();
         Ok(Encoded {
             bytes,
@@ -472,6 +481,52 @@ impl Job {
 }
 
 impl Job {
+    /// Encodes at the job's quality; with `max_bytes`, lowers the quality by bisection
+    /// (at most [`MAX_BYTES_ENCODES`] encodes in all) to the highest that fits.
+    fn encode_within(
+        &self,
+        img: &DynamicImage,
+        meta: encode::Metadata<'_>,
+        check: &dyn Fn() -> Result<(), PixelError>,
+    ) -> Result<Vec<u8>, PixelError> {
+        let encode = |q: u8| encode::encode(img, self.format, q, &self.encoder, meta);
+        let first = encode(self.quality)?;
+        let limit = self.max_bytes;
+        if limit == 0 || first.len() as u64 <= limit {
+            return Ok(first);
+        }
+        let lossy = self.format.has_quality()
+            && !(self.format == Format::Webp && self.encoder.webp_mode == WebpMode::Lossless);
+        if !lossy {
+            return Err(PixelError::MaxBytesUnreachable {
+                smallest: first.len() as u64,
+                limit,
+            });
+        }
+        // Bisection for the highest quality below the job's that fits: 99 candidates take
+        // at most 7 encodes.
+        let (mut lo, mut hi) = (1u8, self.quality.saturating_sub(1));
+        let mut best = None;
+        let mut smallest = first.len() as u64;
+        let mut budget = MAX_BYTES_ENCODES - 1;
+        while lo <= hi && budget > 0 {
+            check()?;
+            let q = lo + (hi - lo).div_ceil(2);
+            let out = encode(q)?;
+            budget -= 1;
+            smallest = smallest.min(out.len() as u64);
+            if out.len() as u64 <= limit {
+                best = Some(out);
+                lo = q + 1;
+            } else if q == 1 {
+                break;
+            } else {
+                hi = q - 1;
+            }
+        }
+        best.ok_or(PixelError::MaxBytesUnreachable { smallest, limit })
+    }
+
     /// Whether the result will be animated.
     pub fn is_animated(&self) -> bool {
         self.animate
@@ -551,6 +606,13 @@ impl Job {
         let t = std::time::Instant::now();
         let bytes = writer.finish()?;
         timings.encode += t.elapsed();
+        // Animations are encoded once: over `max_bytes` is refused, not retried.
+        if self.max_bytes > 0 && bytes.len() as u64 > self.max_bytes {
+            return Err(PixelError::MaxBytesUnreachable {
+                smallest: bytes.len() as u64,
+                limit: self.max_bytes,
+            });
+        }
         Ok(Encoded {
             bytes,
             format: self.format,

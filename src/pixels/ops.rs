@@ -80,6 +80,12 @@ pub fn apply(
     if plan.sharpen_sigma > 0.0 {
         img = img.unsharpen(plan.sharpen_sigma as f32, 0);
     }
+    if plan.pixelate > 1 {
+        img = pixelate(img, plan.pixelate);
+    }
+    if !plan.adjust.is_identity() {
+        img = adjust(img, &plan.adjust);
+    }
     for e in &plan.embeds {
         img = embed(img, e.width, e.height, e.x, e.y, fill);
     }
@@ -116,6 +122,97 @@ fn crop_and_resize(
         .resize(&img, &mut dst, &opts)
         .map_err(|e| OpsError::Resize(e.to_string()))?;
     Ok(dst)
+}
+
+/// Replaces every `n`×`n` block (anchored at the top left; edge blocks are smaller) by its
+/// mean, alpha-weighted so transparent pixels do not darken their block.
+fn pixelate(img: DynamicImage, n: u32) -> DynamicImage {
+    let had_alpha = img.color().has_alpha();
+    let gray = !img.color().has_color();
+    let mut rgba = img.into_rgba8();
+    let (w, h) = rgba.dimensions();
+    for by in (0..h).step_by(n as usize) {
+        for bx in (0..w).step_by(n as usize) {
+            let (bw, bh) = (n.min(w - bx), n.min(h - by));
+            let mut sum = [0u64; 4];
+            for y in by..by + bh {
+                for x in bx..bx + bw {
+                    let p = rgba.get_pixel(x, y);
+                    let a = u64::from(p[3]);
+                    for c in 0..3 {
+                        sum[c] += u64::from(p[c]) * a;
+                    }
+                    sum[3] += a;
+                }
+            }
+            let count = u64::from(bw * bh);
+            let mean = |c: usize| (sum[c] + sum[3] / 2).checked_div(sum[3]).unwrap_or(0) as u8;
+            let px = Rgba([
+                mean(0),
+                mean(1),
+                mean(2),
+                ((sum[3] + count / 2) / count) as u8,
+            ]);
+            for y in by..by + bh {
+                for x in bx..bx + bw {
+                    rgba.put_pixel(x, y, px);
+                }
+            }
+        }
+    }
+    in_layout(rgba, had_alpha, gray)
+}
+
+/// Brightness, contrast, saturation, then monochrome, per pixel on the sRGB values (as
+/// imgproxy's libvips `linear` operations do); alpha untouched.
+fn adjust(img: DynamicImage, a: &crate::plan::Adjust) -> DynamicImage {
+    let tinted = a
+        .monochrome
+        .is_some_and(|(_, c)| !(c.0 == c.1 && c.1 == c.2));
+    let keep_gray = !img.color().has_color() && !tinted;
+    let had_alpha = img.color().has_alpha();
+    let mut rgba = img.into_rgba8();
+    let luma = |r: f64, g: f64, b: f64| 0.2126 * r + 0.7152 * g + 0.0722 * b;
+    let mono = a.monochrome.map(|(k, c)| {
+        let (r, g, b) = (f64::from(c.0), f64::from(c.1), f64::from(c.2));
+        // The colour scaled so that its own luma is white: the image's luma keeps the
+        // brightness, the colour gives the hue (b3b3b3, the default, is plain grey).
+        let l = luma(r, g, b).max(1.0);
+        (k, [r / l, g / l, b / l])
+    });
+    for p in rgba.pixels_mut() {
+        let mut v = [f64::from(p[0]), f64::from(p[1]), f64::from(p[2])];
+        for c in &mut v {
+            *c = (*c + f64::from(a.brightness) - 128.0) * a.contrast + 128.0;
+        }
+        if a.saturation != 1.0 {
+            let y = luma(v[0], v[1], v[2]);
+            for c in &mut v {
+                *c = y + (*c - y) * a.saturation;
+            }
+        }
+        if let Some((k, tint)) = mono {
+            let y = luma(v[0], v[1], v[2]).clamp(0.0, 255.0);
+            for (c, t) in v.iter_mut().zip(tint) {
+                *c = *c * (1.0 - k) + y * t * k;
+            }
+        }
+        for (i, c) in v.into_iter().enumerate() {
+            p[i] = c.round().clamp(0.0, 255.0) as u8;
+        }
+    }
+    in_layout(rgba, had_alpha, keep_gray)
+}
+
+/// Back from the RGBA working copy to the smallest of the four layouts that holds it.
+fn in_layout(rgba: image::RgbaImage, alpha: bool, gray: bool) -> DynamicImage {
+    let out = DynamicImage::ImageRgba8(rgba);
+    match (alpha, gray) {
+        (true, false) => out,
+        (true, true) => DynamicImage::ImageLumaA8(out.to_luma_alpha8()),
+        (false, false) => DynamicImage::ImageRgb8(out.to_rgb8()),
+        (false, true) => DynamicImage::ImageLuma8(out.to_luma8()),
+    }
 }
 
 /// Places `img` at (`x`, `y`) on a `w`×`h` canvas.

@@ -192,34 +192,74 @@ fn probe_generic(format: Format, data: &[u8]) -> Result<SourceInfo, ProbeError> 
     Ok(info)
 }
 
+/// JPEG marker segments up to the first scan: `(marker, payload)`, bounded by the data.
+/// Markers without a payload (RSTn, TEM) are skipped; fill bytes are allowed.
+struct JpegSegments<'a> {
+    d: &'a [u8],
+    pos: usize,
+    done: bool,
+}
+
+impl<'a> Iterator for JpegSegments<'a> {
+    type Item = Result<(u8, &'a [u8]), ProbeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        const F: Format = Format::Jpeg;
+        let d = self.d;
+        loop {
+            if self.done {
+                return None;
+            }
+            while self.pos + 1 < d.len() && d[self.pos] == 0xFF && d[self.pos + 1] == 0xFF {
+                self.pos += 1;
+            }
+            let pos = self.pos;
+            if pos + 4 > d.len() {
+                self.done = true;
+                return Some(Err(ProbeError::Corrupt(
+                    F,
+                    "truncated before the frame header",
+                )));
+            }
+            if d[pos] != 0xFF {
+                self.done = true;
+                return Some(Err(ProbeError::Corrupt(F, "expected a marker")));
+            }
+            let marker = d[pos + 1];
+            if (0xD0..=0xD7).contains(&marker) || marker == 0x01 {
+                self.pos += 2;
+                continue;
+            }
+            let len = usize::from(be16(d, pos + 2));
+            if len < 2 || pos + 2 + len > d.len() {
+                self.done = true;
+                return Some(Err(ProbeError::Corrupt(F, "segment runs past the end")));
+            }
+            self.pos = pos + 2 + len;
+            // The scan follows SOS; nothing after it is header.
+            self.done = marker == 0xDA || marker == 0xD9;
+            return Some(Ok((marker, &d[pos + 4..pos + 2 + len])));
+        }
+    }
+}
+
+fn jpeg_segments(d: &[u8]) -> JpegSegments<'_> {
+    JpegSegments {
+        d,
+        pos: 2,
+        done: false,
+    }
+}
+
 fn probe_jpeg(d: &[u8]) -> Result<SourceInfo, ProbeError> {
     const F: Format = Format::Jpeg;
-    let mut pos = 2;
     let mut info: Option<SourceInfo> = None;
     let mut orientation = 1;
     let mut has_icc = false;
     let mut adobe = false;
-    loop {
-        // Fill bytes (0xFF) may precede a marker.
-        while pos < d.len() && d[pos] == 0xFF && pos + 1 < d.len() && d[pos + 1] == 0xFF {
-            pos += 1;
-        }
-        if pos + 4 > d.len() {
-            return Err(ProbeError::Corrupt(F, "truncated before the frame header"));
-        }
-        if d[pos] != 0xFF {
-            return Err(ProbeError::Corrupt(F, "expected a marker"));
-        }
-        let marker = d[pos + 1];
-        if (0xD0..=0xD7).contains(&marker) || marker == 0x01 {
-            pos += 2;
-            continue;
-        }
-        let len = usize::from(be16(d, pos + 2));
-        if len < 2 || pos + 2 + len > d.len() {
-            return Err(ProbeError::Corrupt(F, "segment runs past the end"));
-        }
-        let seg = &d[pos + 4..pos + 2 + len];
+    let mut scan = false;
+    for segment in jpeg_segments(d) {
+        let (marker, seg) = segment?;
         match marker {
             0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => {
                 if seg.len() < 6 {
@@ -249,17 +289,70 @@ fn probe_jpeg(d: &[u8]) -> Result<SourceInfo, ProbeError> {
             }
             0xE2 if seg.starts_with(b"ICC_PROFILE\0") => has_icc = true,
             0xEE if seg.starts_with(b"Adobe") => adobe = true,
-            0xDA => break,
+            0xDA => scan = true,
             0xD9 => return Err(ProbeError::Corrupt(F, "end of image before any scan")),
             _ => {}
         }
-        pos += 2 + len;
+    }
+    if !scan {
+        return Err(ProbeError::Corrupt(F, "truncated before the frame header"));
     }
     let mut info = info.ok_or(ProbeError::Corrupt(F, "no frame header before the scan"))?;
     info.orientation = orientation;
     info.has_icc = has_icc;
     info.adobe = adobe;
     Ok(info)
+}
+
+/// The ICC profile and EXIF block (TIFF structure) a source carries, read from its header
+/// structures only (no pixel decoding); for `/info`.
+pub fn header_metadata(d: &[u8], format: Format) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+    match format {
+        Format::Jpeg => {
+            let mut exif = None;
+            let mut chunks: Vec<(u8, u8, &[u8])> = Vec::new();
+            for (marker, seg) in jpeg_segments(d).map_while(Result::ok) {
+                match marker {
+                    0xE1 if exif.is_none() && seg.starts_with(b"Exif\0\0") => {
+                        exif = Some(seg[6..].to_vec());
+                    }
+                    0xE2 if seg.len() > 14 && seg.starts_with(b"ICC_PROFILE\0") => {
+                        chunks.push((seg[12], seg[13], &seg[14..]));
+                    }
+                    _ => {}
+                }
+            }
+            (super::decode::assemble_icc(chunks), exif)
+        }
+        Format::Webp => (
+            super::decode::webp_icc(d),
+            // Some writers keep the JPEG-style prefix.
+            super::decode::webp_exif(d).map(|e| match e.strip_prefix(b"Exif\0\0") {
+                Some(tiff) => tiff.to_vec(),
+                None => e,
+            }),
+        ),
+        Format::Avif => super::avif::metadata(d),
+        Format::Png | Format::Tiff => {
+            let image_format = if format == Format::Png {
+                image::ImageFormat::Png
+            } else {
+                image::ImageFormat::Tiff
+            };
+            let reader = image::ImageReader::with_format(std::io::Cursor::new(d), image_format);
+            match reader.into_decoder() {
+                Ok(mut dec) => {
+                    use image::ImageDecoder;
+                    (
+                        dec.icc_profile().ok().flatten(),
+                        dec.exif_metadata().ok().flatten(),
+                    )
+                }
+                Err(_) => (None, None),
+            }
+        }
+        _ => (None, None),
+    }
 }
 
 /// Orientation tag (0x0112) of IFD0 in a TIFF structure (EXIF payload or a TIFF file).

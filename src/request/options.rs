@@ -1074,17 +1074,11 @@ impl Options {
         {
             return Some("gravity:sm");
         }
-        let checks: [(bool, &'static str); 13] = [
+        let checks: [(bool, &'static str); 7] = [
             (self.trim.is_some(), "trim"),
-            (self.pixelate > 0, "pixelate"),
             (self.watermark.is_some(), "watermark"),
-            (self.max_bytes > 0, "max_bytes"),
             (self.raw, "raw"),
             (self.crop_aspect_ratio.is_some(), "crop_aspect_ratio"),
-            (self.brightness != 0, "brightness"),
-            (self.contrast != 1.0, "contrast"),
-            (self.saturation != 1.0, "saturation"),
-            (self.monochrome.is_some(), "monochrome"),
             (self.background_alpha != 1.0, "background_alpha"),
             (self.autoquality.is_some(), "autoquality"),
             (self.enforce_thumbnail, "enforce_thumbnail"),

@@ -403,11 +403,15 @@ fn unsupported_options_are_named() {
     assert_eq!(ok("g:sm").unsupported(), Some("gravity:sm"));
     assert_eq!(ok("c:10:10:sm").unsupported(), Some("gravity:sm"));
     assert_eq!(ok("t:10").unsupported(), Some("trim"));
-    assert_eq!(ok("pix:4").unsupported(), Some("pixelate"));
     assert_eq!(ok("wm:0.5").unsupported(), Some("watermark"));
-    assert_eq!(ok("mb:100").unsupported(), Some("max_bytes"));
     assert_eq!(ok("raw:1").unsupported(), Some("raw"));
+    assert_eq!(ok("bga:0.5").unsupported(), Some("background_alpha"));
     assert_eq!(ok("rs:fill:100:100/g:no/q:50/f:webp").unsupported(), None);
+    for landed in [
+        "pix:4", "mb:100", "br:10", "co:1.5", "sa:0", "mc:1", "a:1:1:1",
+    ] {
+        assert_eq!(ok(landed).unsupported(), None, "{landed}");
+    }
 }
 
 fn presets(defs: &[(&str, &str)]) -> Presets {

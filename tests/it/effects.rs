@@ -1,0 +1,97 @@
+//! Effects beyond geometry: `pixelate` and the colour adjustments (`adjust`, `brightness`,
+//! `contrast`, `saturation`, `monochrome`), checked numerically on synthetic images through
+//! the whole engine (PNG output, so values are exact).
+
+use image::{Rgb, RgbImage};
+use pixgate::EngineConfig;
+
+use crate::support::decode;
+
+fn png(img: &RgbImage) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+fn run(src: &[u8], opts: &str) -> RgbImage {
+    let out = pixgate::transform(src, &format!("{opts}/f:png"), &EngineConfig::default())
+        .unwrap_or_else(|e| panic!("{opts}: {e}"));
+    decode(&out.bytes).to_rgb8()
+}
+
+fn solid(c: [u8; 3]) -> Vec<u8> {
+    png(&RgbImage::from_pixel(8, 8, Rgb(c)))
+}
+
+#[test]
+fn pixelate_averages_blocks() {
+    let img = RgbImage::from_fn(20, 12, |x, y| Rgb([(x * 12) as u8, (y * 20) as u8, 100]));
+    let out = run(&png(&img), "pix:8");
+    assert_eq!(out.dimensions(), (20, 12));
+    // Block (0,0): x 0..8, y 0..8 → mean red 42, green 70.
+    for (x, y) in [(0, 0), (7, 7), (3, 5)] {
+        assert_eq!(out.get_pixel(x, y).0, [42, 70, 100], "{x},{y}");
+    }
+    // The edge block x 16..20, y 8..12: red mean of 192..228 = 210, green of 160..220 = 190.
+    assert_eq!(out.get_pixel(19, 11).0, [210, 190, 100]);
+    assert_ne!(out.get_pixel(8, 0), out.get_pixel(7, 0));
+}
+
+#[test]
+fn brightness_contrast_and_saturation() {
+    let grey = solid([100, 100, 100]);
+    assert_eq!(run(&grey, "br:40").get_pixel(0, 0).0, [140, 140, 140]);
+    assert_eq!(run(&grey, "br:-200").get_pixel(0, 0).0, [0, 0, 0]);
+    // Contrast 2 doubles the distance from 128: 100 → 72.
+    assert_eq!(run(&grey, "co:2").get_pixel(0, 0).0, [72, 72, 72]);
+    let red = solid([200, 40, 40]);
+    let g = run(&red, "sa:0").get_pixel(0, 0).0;
+    assert!(g[0] == g[1] && g[1] == g[2], "{g:?}");
+    assert_eq!(run(&red, "sa:1").get_pixel(0, 0).0, [200, 40, 40]);
+    let more = run(&red, "sa:1.5").get_pixel(0, 0).0;
+    assert!(more[0] > 200 && more[1] < 40, "{more:?}");
+    // `adjust` is the three at once, in the same order.
+    assert_eq!(
+        run(&red, "a:10:1.2:0.5"),
+        run(&red, "br:10/co:1.2/sa:0.5"),
+        "adjust equals its parts"
+    );
+}
+
+#[test]
+fn monochrome_uses_the_luma_and_the_colour() {
+    let img = RgbImage::from_fn(16, 1, |x, _| {
+        Rgb([(x * 16) as u8, 200, (255 - x * 16) as u8])
+    });
+    let src = png(&img);
+    let grey = run(&src, "mc:1");
+    for p in grey.pixels() {
+        assert!(
+            p[0] == p[1] && p[1] == p[2],
+            "default colour is neutral: {p:?}"
+        );
+    }
+    let sepia = run(&src, "mc:1:704214");
+    for p in sepia.pixels() {
+        assert!(p[0] >= p[1] && p[1] >= p[2], "sepia hue: {p:?}");
+    }
+    // Half intensity: halfway between the original and the full effect.
+    let half = run(&src, "mc:0.5");
+    let (o, f, h) = (
+        img.get_pixel(3, 0),
+        grey.get_pixel(3, 0),
+        half.get_pixel(3, 0),
+    );
+    for c in 0..3 {
+        let mid = (f64::from(o[c]) + f64::from(f[c])) / 2.0;
+        assert!((f64::from(h[c]) - mid).abs() <= 1.0, "{o:?} {f:?} {h:?}");
+    }
+}
+
+#[test]
+fn effects_change_the_cache_key_and_the_etag() {
+    let a = pixgate::request::options::Options::default();
+    let mut b = a.clone();
+    b.pixelate = 4;
+    assert_ne!(a.canonical(), b.canonical());
+}
