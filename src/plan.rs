@@ -85,6 +85,9 @@ pub struct Plan {
     pub flip_vertical: bool,
     /// Region of the scaled image kept (fill, fill-down, min sizes).
     pub result_crop: Rect,
+    /// `g:sm`: the result crop's position is chosen from the pixels (`result_crop` holds
+    /// the centred fallback).
+    pub smart_crop: bool,
     /// Canvas steps after the result crop: extend, extend-aspect-ratio, padding, in order.
     pub embeds: Vec<Embed>,
     /// Final size.
@@ -594,6 +597,7 @@ pub fn build(
         flip_horizontal: o.flip_horizontal,
         flip_vertical: o.flip_vertical,
         result_crop,
+        smart_crop: o.gravity.kind == GravityType::Smart,
         embeds,
         width: w,
         height: h,

@@ -11,6 +11,7 @@ pub mod encode;
 pub mod metadata;
 pub mod ops;
 pub mod probe;
+pub mod smart;
 pub mod svg;
 
 use std::collections::BTreeMap;

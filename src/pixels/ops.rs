@@ -70,7 +70,10 @@ pub fn apply(
     if plan.flip_vertical {
         img = img.flipv();
     }
-    let rc = plan.result_crop;
+    let mut rc = plan.result_crop;
+    if plan.smart_crop && (rc.width < img.width() || rc.height < img.height()) {
+        (rc.x, rc.y) = super::smart::position(&img, rc.width, rc.height);
+    }
     if rc.x != 0 || rc.y != 0 || rc.width != img.width() || rc.height != img.height() {
         img = img.crop_imm(rc.x, rc.y, rc.width, rc.height);
     }

@@ -1066,13 +1066,14 @@ impl Options {
     /// The options this build does not yet implement in pixels; refused with a typed error
     /// rather than silently ignored.
     pub fn unsupported(&self) -> Option<&'static str> {
-        if self.gravity.kind == GravityType::Smart
-            || self
-                .crop
-                .and_then(|c| c.gravity)
-                .is_some_and(|g| g.kind == GravityType::Smart)
+        // `g:sm` positions the result crop; smart gravity of `crop` (before the resize) is
+        // not implemented yet.
+        if self
+            .crop
+            .and_then(|c| c.gravity)
+            .is_some_and(|g| g.kind == GravityType::Smart)
         {
-            return Some("gravity:sm");
+            return Some("crop gravity:sm");
         }
         let checks: [(bool, &'static str); 7] = [
             (self.trim.is_some(), "trim"),

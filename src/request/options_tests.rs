@@ -400,8 +400,8 @@ fn unknown_and_malformed() {
 
 #[test]
 fn unsupported_options_are_named() {
-    assert_eq!(ok("g:sm").unsupported(), Some("gravity:sm"));
-    assert_eq!(ok("c:10:10:sm").unsupported(), Some("gravity:sm"));
+    assert_eq!(ok("g:sm").unsupported(), None);
+    assert_eq!(ok("c:10:10:sm").unsupported(), Some("crop gravity:sm"));
     assert_eq!(ok("t:10").unsupported(), Some("trim"));
     assert_eq!(ok("wm:0.5").unsupported(), Some("watermark"));
     assert_eq!(ok("raw:1").unsupported(), Some("raw"));

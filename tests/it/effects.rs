@@ -1,6 +1,6 @@
-//! Effects beyond geometry: `pixelate` and the colour adjustments (`adjust`, `brightness`,
-//! `contrast`, `saturation`, `monochrome`), checked numerically on synthetic images through
-//! the whole engine (PNG output, so values are exact).
+//! Effects beyond geometry: smart crop, `pixelate` and the colour adjustments (`adjust`,
+//! `brightness`, `contrast`, `saturation`, `monochrome`), checked numerically on synthetic
+//! images through the whole engine (PNG output, so values are exact).
 
 use image::{Rgb, RgbImage};
 use pixgate::EngineConfig;
@@ -94,4 +94,46 @@ fn effects_change_the_cache_key_and_the_etag() {
     let mut b = a.clone();
     b.pixelate = 4;
     assert_ne!(a.canonical(), b.canonical());
+}
+
+/// A 1200x600 scene: a smooth sky gradient with the subject (a textured, skin-toned block)
+/// at `subject_x`.
+fn scene(subject_x: u32) -> Vec<u8> {
+    let img = RgbImage::from_fn(1200, 600, |x, y| {
+        if (subject_x..subject_x + 200).contains(&x) && (250..450).contains(&y) {
+            let v = if (x / 6 + y / 6) % 2 == 0 { 40 } else { 0 };
+            Rgb([200 - v, 145 - v, 112 - v])
+        } else {
+            Rgb([90 + (y / 20) as u8, 140 + (y / 30) as u8, 220])
+        }
+    });
+    png(&img)
+}
+
+#[test]
+fn smart_crop_keeps_an_off_centre_subject() {
+    for subject_x in [40u32, 950] {
+        let src = scene(subject_x);
+        let centre = run(&src, "rs:fill:300:300");
+        let smart = run(&src, "rs:fill:300:300/g:sm");
+        assert_eq!(smart.dimensions(), (300, 300));
+        // Scaled to 600x300: the subject spans x/2 .. x/2 + 100 there; the skin tone
+        // (red clearly above blue) is inside the smart crop and absent from the centred one.
+        let skin = |img: &RgbImage| {
+            img.pixels()
+                .filter(|p| u16::from(p[0]) > u16::from(p[2]) + 40)
+                .count()
+        };
+        assert!(
+            skin(&smart) > 80 * 80,
+            "subject at {subject_x}: {} skin pixels",
+            skin(&smart)
+        );
+        assert_eq!(skin(&centre), 0, "subject at {subject_x} is off-centre");
+        // Deterministic.
+        assert_eq!(smart, run(&src, "rs:fill:300:300/g:sm"));
+    }
+    // Nothing to choose between: the centred crop.
+    let flat = solid([10, 20, 30]);
+    assert_eq!(run(&flat, "rs:fill:4:8/g:sm"), run(&flat, "rs:fill:4:8"));
 }
