@@ -4,7 +4,6 @@
 
 use serde::Serialize;
 
-use crate::format::Format;
 use crate::pixels::{self, EngineConfig, PixelError, color, metadata, probe};
 use crate::request::options::Options;
 
@@ -85,10 +84,5 @@ pub fn describe(src: &[u8], opts: &Options, cfg: &EngineConfig) -> Result<Info, 
 impl Info {
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
-    }
-
-    /// The source format, typed.
-    pub fn source_format(&self) -> Option<Format> {
-        Format::from_name(self.format)
     }
 }

@@ -195,6 +195,24 @@ fn rw_bytes(d: &sys::avifRWData) -> Option<Vec<u8>> {
         .then(|| unsafe { std::slice::from_raw_parts(d.data, d.size) }.to_vec())
 }
 
+/// An 8-bit RGB or RGBA description matching `image`'s size, with no pixel buffer yet.
+///
+/// # Safety
+/// `image` must point at a live libavif image.
+unsafe fn rgb8_view(image: *const sys::avifImage, alpha: bool) -> sys::avifRGBImage {
+    // SAFETY: a zeroed avifRGBImage is valid input for SetDefaults, which fills every field
+    // from the (live, per the caller) image.
+    let mut rgb: sys::avifRGBImage = unsafe { std::mem::zeroed() };
+    unsafe { sys::avifRGBImageSetDefaults(&mut rgb, image) };
+    rgb.depth = 8;
+    rgb.format = if alpha {
+        sys::AVIF_RGB_FORMAT_RGBA
+    } else {
+        sys::AVIF_RGB_FORMAT_RGB
+    };
+    rgb
+}
+
 /// Decodes the first frame to 8-bit RGB(A). `max_pixels` bounds what dav1d will decode
 /// (0: libavif's default); a bitstream whose size differs from the container's is refused.
 pub fn decode(data: &[u8], info: &SourceInfo, max_pixels: u64) -> Result<Decoded, DecodeError> {
@@ -214,14 +232,7 @@ pub fn decode(data: &[u8], info: &SourceInfo, max_pixels: u64) -> Result<Decoded
             return Err(corrupt("decoded size differs from the container's".into()));
         }
         let alpha = !(*img).alphaPlane.is_null();
-        let mut rgb: sys::avifRGBImage = std::mem::zeroed();
-        sys::avifRGBImageSetDefaults(&mut rgb, img);
-        rgb.depth = 8;
-        rgb.format = if alpha {
-            sys::AVIF_RGB_FORMAT_RGBA
-        } else {
-            sys::AVIF_RGB_FORMAT_RGB
-        };
+        let mut rgb = rgb8_view(img, alpha);
         rgb.maxThreads = 1;
         check(
             sys::avifRGBImageAllocatePixels(&mut rgb),
@@ -290,14 +301,7 @@ pub fn encode(
         (*image).colorPrimaries = 1;
         (*image).transferCharacteristics = 13;
         (*image).matrixCoefficients = 6;
-        let mut view: sys::avifRGBImage = std::mem::zeroed();
-        sys::avifRGBImageSetDefaults(&mut view, image);
-        view.depth = 8;
-        view.format = if alpha {
-            sys::AVIF_RGB_FORMAT_RGBA
-        } else {
-            sys::AVIF_RGB_FORMAT_RGB
-        };
+        let mut view = rgb8_view(image, alpha);
         view.pixels = px.as_ptr().cast_mut();
         view.rowBytes = w * channels;
         let mut result = check(sys::avifImageRGBToYUV(image, &view), std::ptr::null_mut());
