@@ -94,6 +94,25 @@ pub struct RawConfig {
     pub webp_effort: u8,
     /// libaom speed for AVIF, 0 (slow, smallest) ..= 10 (fastest).
     pub avif_speed: u8,
+    /// The image `wm` draws: a file, base64 image data, or a URL fetched once at start
+    /// (through the same origin rules as sources). At most one of the three.
+    #[serde(deserialize_with = "string_like")]
+    pub watermark_path: String,
+    #[serde(deserialize_with = "string_like")]
+    pub watermark_data: String,
+    #[serde(deserialize_with = "string_like")]
+    pub watermark_url: String,
+    /// Multiplies every `wm` opacity (0..=1).
+    pub watermark_opacity: f64,
+    /// `autoquality` when the URL has none: `none`, `dssim` (the default target below) or
+    /// `size` (needs the URL's target, so not useful as a default).
+    #[serde(deserialize_with = "string_like")]
+    pub autoquality_method: String,
+    /// DSSIM target of `aq:dssim` (0 = identical; 0.02 looks like the original).
+    pub autoquality_target: f64,
+    pub autoquality_min_quality: u8,
+    pub autoquality_max_quality: u8,
+    pub autoquality_allowed_error: f64,
     pub auto_rotate: bool,
     pub strip_metadata: bool,
     pub keep_copyright: bool,
@@ -177,6 +196,15 @@ impl Default for RawConfig {
             webp_lossless: false,
             webp_effort: 4,
             avif_speed: crate::pixels::encode::DEFAULT_AVIF_SPEED,
+            watermark_path: String::new(),
+            watermark_data: String::new(),
+            watermark_url: String::new(),
+            watermark_opacity: 1.0,
+            autoquality_method: "none".into(),
+            autoquality_target: crate::pixels::DEFAULT_AUTOQUALITY_TARGET,
+            autoquality_min_quality: 40,
+            autoquality_max_quality: 90,
+            autoquality_allowed_error: 0.001,
             auto_rotate: true,
             strip_metadata: true,
             keep_copyright: true,
@@ -610,6 +638,29 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             raw.avif_speed
         ));
     }
+    if !(0.0..=1.0).contains(&raw.watermark_opacity) {
+        p.push("watermark_opacity must be within 0..=1".into());
+    }
+    let watermark = load_watermark(&raw).unwrap_or_else(|e| {
+        p.push(e);
+        None
+    });
+    if !matches!(raw.autoquality_method.as_str(), "none" | "dssim" | "size") {
+        p.push(format!(
+            "autoquality_method: `{}` is not none, dssim or size",
+            raw.autoquality_method
+        ));
+    }
+    // Written to also catch NaN.
+    if raw.autoquality_target.partial_cmp(&0.0).is_none() || raw.autoquality_target < 0.0 {
+        p.push("autoquality_target must be >= 0".into());
+    }
+    if raw.autoquality_min_quality == 0
+        || raw.autoquality_max_quality > 100
+        || raw.autoquality_min_quality > raw.autoquality_max_quality
+    {
+        p.push("autoquality_min_quality..=autoquality_max_quality must be within 1..=100".into());
+    }
     // Written to also catch NaN.
     if raw.max_src_resolution.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
         p.push("max_src_resolution must be > 0".into());
@@ -731,6 +782,15 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
             webp_effort: raw.webp_effort,
             avif_speed: raw.avif_speed,
         },
+        watermark,
+        watermark_opacity: raw.watermark_opacity,
+        autoquality: crate::pixels::AutoQualityDefaults {
+            method: raw.autoquality_method.clone(),
+            target: raw.autoquality_target,
+            min_quality: raw.autoquality_min_quality,
+            max_quality: raw.autoquality_max_quality,
+            allowed_error: raw.autoquality_allowed_error,
+        },
     };
     let defaults = Options {
         auto_rotate: raw.auto_rotate,
@@ -762,6 +822,31 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         metrics_listen,
         raw,
     })
+}
+
+/// The watermark from `watermark_path` or `watermark_data` (the URL is fetched by the
+/// server at start, see `handler::State::fetch_watermark`).
+fn load_watermark(raw: &RawConfig) -> Result<Option<std::sync::Arc<image::RgbaImage>>, String> {
+    let given = [&raw.watermark_path, &raw.watermark_data, &raw.watermark_url];
+    if given.iter().filter(|v| !v.is_empty()).count() > 1 {
+        return Err("set only one of watermark_path, watermark_data, watermark_url".into());
+    }
+    let (what, bytes) = if !raw.watermark_path.is_empty() {
+        let b = std::fs::read(&raw.watermark_path)
+            .map_err(|e| format!("watermark_path: {}: {e}", raw.watermark_path))?;
+        ("watermark_path", b)
+    } else if !raw.watermark_data.is_empty() {
+        use base64::Engine;
+        let b = base64::engine::general_purpose::STANDARD
+            .decode(raw.watermark_data.trim())
+            .map_err(|e| format!("watermark_data: not base64: {e}"))?;
+        ("watermark_data", b)
+    } else {
+        return Ok(None);
+    };
+    crate::pixels::decode_watermark(&bytes)
+        .map(|w| Some(std::sync::Arc::new(w)))
+        .map_err(|e| format!("{what}: {e}"))
 }
 
 impl Config {

@@ -30,6 +30,12 @@ pub enum Error {
     Timeout,
     #[error("no such route")]
     NotFound,
+    /// An upload body over the source size limit (stopped reading there).
+    #[error("the request body is over the limit of {0} bytes")]
+    BodyTooLarge(u64),
+    /// An upload that is not a usable body (malformed multipart, no `file` part, cut off).
+    #[error("bad upload: {0}")]
+    BadUpload(String),
     /// The policy refused the request with its own status and client-facing reason.
     #[error("refused by the policy ({status}): {reason}")]
     Denied {
@@ -72,6 +78,8 @@ impl Error {
             Error::Gate(GateError::Panicked(_)) => 500,
             Error::Gate(_) | Error::Timeout => 503,
             Error::NotFound => 404,
+            Error::BodyTooLarge(_) => 413,
+            Error::BadUpload(_) => 400,
             Error::Denied { status, .. } => *status,
             Error::Limited(_) => 429,
             Error::PolicyFailed(_) => 503,
@@ -125,6 +133,8 @@ impl Error {
             Error::Gate(GateError::Deadline) | Error::Timeout => "request-timeout",
             Error::Gate(GateError::Panicked(_)) => "internal-error",
             Error::NotFound => "not-found",
+            Error::BodyTooLarge(_) => "body-too-large",
+            Error::BadUpload(_) => "bad-upload",
             Error::Denied { .. } => "policy-denied",
             Error::Limited(_) => "rate-limited",
             Error::PolicyFailed(_) => "policy-error",
@@ -158,9 +168,15 @@ impl Error {
             "unsupported-source-format" => "The source image format is not supported",
             "unsupported-output-format" => "The requested output format is not supported",
             "result-too-large" => "The requested result is too large",
+            "too-many-frames" => "The animation has too many frames",
+            "max-bytes-unreachable" => "No quality brings the result under max_bytes",
             "queue-full" => "Too many requests are being processed; retry shortly",
             "request-timeout" => "Timeout",
             "not-found" => "Not found",
+            "body-too-large" => "The uploaded image is too large",
+            "bad-upload" => {
+                "The upload is malformed: send the image as the body or as the `file` part of a form"
+            }
             "rate-limited" => "Rate limit exceeded",
             "policy-error" => "The request could not be checked; retry shortly",
             _ => "Internal error",

@@ -62,6 +62,29 @@ impl State {
         })
     }
 
+    /// Fetches `watermark_url` (once, at start, through the origin's rules) and decodes it
+    /// into the engine configuration. Nothing to do without one.
+    pub async fn fetch_watermark(&mut self) -> Result<(), String> {
+        let url = self.config.raw.watermark_url.clone();
+        if url.is_empty() {
+            return Ok(());
+        }
+        let source = if let Some(path) = url.strip_prefix("local://") {
+            url::Source::Local(path.to_string())
+        } else {
+            url::Source::Http(url.clone())
+        };
+        let src = self
+            .origin
+            .fetch(&source, None)
+            .await
+            .map_err(|e| format!("watermark_url {url}: {e}"))?;
+        let image = pixels::decode_watermark(&src.bytes)
+            .map_err(|e| format!("watermark_url {url}: {e}"))?;
+        self.config.engine.watermark = Some(Arc::new(image));
+        Ok(())
+    }
+
     /// The `/metrics` text: this state's metrics with its gate, caches and policy counters.
     pub fn render_metrics(&self) -> String {
         self.metrics.render(&crate::metrics::Sources {
@@ -137,15 +160,17 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr)
     let request_id = request_id(req.headers().get("x-request-id"));
     // Every line logged while serving (policy, origin, fill) carries the id.
     let span = tracing::info_span!("request", id = %request_id);
-    let method = req.method().clone();
-    let target = req
-        .uri()
+    let (parts, body) = req.into_parts();
+    let method = parts.method.clone();
+    let target = parts
+        .uri
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_string();
-    let path = req.uri().path();
+    let path = parts.uri.path();
     let header = |name| {
-        req.headers()
+        parts
+            .headers
             .get(name)
             .and_then(|v: &HeaderValue| v.to_str().ok())
             .map(str::to_string)
@@ -158,18 +183,38 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr)
             route = Route::Health;
             Ok(response::health())
         }
+        (&Method::GET | &Method::HEAD, p) if p.starts_with(UPLOAD_RESULT) => {
+            route = Route::Upload;
+            uploaded_result(&state, &p[UPLOAD_RESULT.len()..]).await
+        }
+        (&Method::POST, p) if p.starts_with("/upload/") => {
+            route = Route::Upload;
+            let caller = Caller::new(&state, &parts, peer);
+            let work = upload(
+                &state,
+                &target["/upload".len()..],
+                &parts.headers,
+                body,
+                accept.as_deref(),
+                caller,
+                &mut trace,
+            );
+            match tokio::time::timeout(state.config.request_timeout, work)
+                .instrument(span)
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(Error::Timeout),
+            }
+        }
         (&Method::GET | &Method::HEAD, p) if p != "/" && p != "/favicon.ico" => {
             let info = p.starts_with("/info/");
             route = if info { Route::Info } else { Route::Transform };
             let timeout = state.config.request_timeout;
-            let caller = state.policy.as_ref().map(|_| Caller {
-                ip: client::client_ip(peer.ip(), req.headers(), &state.config.trusted_proxies),
-                key: client::api_key(req.headers(), req.uri().query()),
-                method: method.as_str(),
-                path,
-                referer: header(REFERER),
-                user_agent: header(USER_AGENT),
-            });
+            let caller = state
+                .policy
+                .as_ref()
+                .map(|_| Caller::new(&state, &parts, peer));
             let work = async {
                 if info {
                     describe(&state, &target["/info".len()..], caller).await
@@ -296,7 +341,25 @@ pub struct Caller<'a> {
     pub user_agent: Option<String>,
 }
 
-impl Caller<'_> {
+impl<'a> Caller<'a> {
+    fn new(state: &State, parts: &'a hyper::http::request::Parts, peer: SocketAddr) -> Self {
+        let header = |name| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+                .map(str::to_string)
+        };
+        Caller {
+            ip: client::client_ip(peer.ip(), &parts.headers, &state.config.trusted_proxies),
+            key: client::api_key(&parts.headers, parts.uri.query()),
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            referer: header(REFERER),
+            user_agent: header(USER_AGENT),
+        }
+    }
+
     /// The `req` table's contents for a parsed URL.
     pub fn view(self, parsed: &ParsedRequest, choice: FormatChoice) -> PolicyRequest {
         let o = &parsed.options;
@@ -311,6 +374,7 @@ impl Caller<'_> {
                 Some(u.clone()),
             ),
             url::Source::Local(_) => (None, Some(parsed.source.url())),
+            url::Source::Upload(_) => (None, None),
         };
         PolicyRequest {
             tenant: parsed.signer.tenant().map(str::to_string),
@@ -444,17 +508,32 @@ async fn fill(
     let fetch_start = Instant::now();
     let src = state.source(&parsed).await?;
     let fetch = fetch_start.elapsed();
+    let (result, _) = process(&state, &parsed, choice, &src, fetch, deadline).await?;
+    Ok(result)
+}
+
+/// Checks, plans and runs the pixel job for a source in hand; also returns the facts
+/// about the source and the result's size.
+async fn process(
+    state: &Arc<State>,
+    parsed: &ParsedRequest,
+    choice: FormatChoice,
+    src: &SourceBytes,
+    fetch: std::time::Duration,
+    deadline: Instant,
+) -> Result<(CachedResult, Processed), Error> {
     let mut opts = parsed.options.clone();
     opts.format = choice.format();
     opts.animated_format = choice.animated();
     let job = pixels::prepare(&src.bytes, &opts, &state.config.engine)?;
+    let input = job.info.clone();
     let bytes = src.bytes.clone();
     let (encoded, queue) = state
         .gate
         .run_timed(deadline, move || job.run_until(&bytes, Some(deadline)))
         .await?;
     let encoded = encoded?;
-    Ok(CachedResult {
+    let result = CachedResult {
         etag: response::etag(&parsed.options.canonical(), encoded.format, &src.identity),
         bytes: encoded.bytes.into(),
         format: encoded.format,
@@ -464,7 +543,160 @@ async fn fill(
             queue,
             pixels: encoded.timings,
         },
-    })
+    };
+    Ok((
+        result,
+        Processed {
+            input,
+            width: encoded.width,
+            height: encoded.height,
+        },
+    ))
+}
+
+/// What [`process`] learnt besides the bytes.
+struct Processed {
+    input: pixels::SourceInfo,
+    width: u32,
+    height: u32,
+}
+
+/// Path prefix of the short-lived URLs of uploaded results.
+const UPLOAD_RESULT: &str = "/upload/result/";
+
+/// `POST /upload`: the URL (signature, options) and the policy are checked before the body
+/// is read; the body then goes through the same checks and pipeline as a fetched source.
+/// Results are not cached (every upload is new); with `Accept: application/json` the answer
+/// describes input and output and the result waits at a short-lived URL.
+async fn upload(
+    state: &Arc<State>,
+    target: &str,
+    headers: &hyper::HeaderMap,
+    body: Incoming,
+    accept: Option<&str>,
+    caller: Caller<'_>,
+    trace: &mut Trace,
+) -> Result<Response<Body>, Error> {
+    let deadline = Instant::now() + state.config.request_timeout;
+    let now = crate::now_unix();
+    let c = &state.config;
+    let checked = url::parse_upload(target, String::new(), &state.url_context(now))
+        .map_err(Error::from)
+        .and_then(|parsed| {
+            let (choice, vary) = negotiate::negotiate(
+                parsed.options.format,
+                accept,
+                c.raw.auto_format,
+                c.raw.enforce_format,
+            );
+            if let Some(policy) = &state.policy {
+                let t = Instant::now();
+                let verdict = admit(policy, &caller.view(&parsed, choice));
+                trace.policy = Some(t.elapsed());
+                verdict?;
+            }
+            Ok((parsed, choice, vary))
+        });
+    let (mut parsed, choice, vary) = match checked {
+        Ok(c) => c,
+        Err(e) => {
+            // Refused before the body counts; reading a little of it lets the client see
+            // the answer instead of a reset connection.
+            crate::upload::linger(body).await;
+            return Err(e);
+        }
+    };
+    let limit = parsed
+        .options
+        .security
+        .max_src_file_size
+        .map_or(c.raw.max_src_file_size, |m| m.min(c.raw.max_src_file_size));
+    let read_start = Instant::now();
+    let bytes = crate::upload::read_body(headers, body, limit).await?;
+    let src = SourceBytes::new(bytes, None, None);
+    parsed.source = url::Source::Upload(src.identity.clone());
+    let (result, facts) =
+        process(state, &parsed, choice, &src, read_start.elapsed(), deadline).await?;
+    trace.format = Some(result.format);
+    trace.stages = Some(result.stages);
+    let wants_json = accept.is_some_and(|a| {
+        a.split(',')
+            .any(|t| t.split(';').next().unwrap_or_default().trim() == "application/json")
+    });
+    if !wants_json {
+        let mut resp = response::image(&result, &parsed, 0, now, vary);
+        // Customer content answering a POST: no shared cache may keep it.
+        resp.headers_mut().insert(
+            hyper::header::CACHE_CONTROL,
+            HeaderValue::from_static("private, no-store"),
+        );
+        return Ok(resp);
+    }
+    let id = crate::upload::result_id();
+    let ext = result.format.ext();
+    let stored = SourceBytes::new(result.bytes.clone(), None, None);
+    let (_, _) = state
+        .sources
+        .get_or_fill(crate::upload::result_key(&id), async move { Ok(stored) })
+        .await;
+    let doc = serde_json::json!({
+        "input": {
+            "format": facts.input.format.ext(),
+            "width": facts.input.width,
+            "height": facts.input.height,
+            "bytes": src.bytes.len(),
+        },
+        "output": {
+            "format": ext,
+            "width": facts.width,
+            "height": facts.height,
+            "bytes": result.bytes.len(),
+        },
+        "url": format!("{UPLOAD_RESULT}{id}.{ext}"),
+        "expires_in": state.config.source_cache_ttl.as_secs(),
+    });
+    let mut resp = response::json(doc.to_string().into_bytes(), 0);
+    resp.headers_mut().insert(
+        hyper::header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-store"),
+    );
+    Ok(resp)
+}
+
+/// `GET /upload/result/{id}.{ext}`: an uploaded result while the source cache keeps it
+/// (at most `source_cache_ttl`, one hour at most; sooner under memory pressure).
+async fn uploaded_result(state: &Arc<State>, name: &str) -> Result<Response<Body>, Error> {
+    let id = name.split_once('.').map_or(name, |(id, _)| id);
+    if !crate::upload::valid_id(id) {
+        return Err(Error::NotFound);
+    }
+    let stored = state
+        .sources
+        .get(&crate::upload::result_key(id))
+        .await
+        .ok_or(Error::NotFound)?;
+    let format = pixels::probe::probe(&stored.bytes)
+        .map(|i| i.format)
+        .map_err(|_| Error::NotFound)?;
+    let mut resp = Response::new(Body::new(stored.bytes.clone()));
+    let h = resp.headers_mut();
+    h.insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static(format.mime()),
+    );
+    h.insert(
+        hyper::header::CONTENT_LENGTH,
+        HeaderValue::from(stored.bytes.len()),
+    );
+    h.insert(
+        hyper::header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-store"),
+    );
+    h.insert(
+        hyper::header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("script-src 'none'"),
+    );
+    Ok(resp)
 }
 
 /// The client's `X-Request-ID` when it is sane (`[A-Za-z0-9_-]{1,64}`), else a new one.

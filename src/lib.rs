@@ -37,6 +37,7 @@ pub mod policy;
 pub mod request;
 pub mod response;
 pub mod server;
+pub mod upload;
 
 pub use error::Error;
 pub use format::Format;

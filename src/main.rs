@@ -67,6 +67,9 @@ enum Command {
         /// Largest source resolution in megapixels (checked from the header).
         #[arg(long, default_value_t = 50.0)]
         max_src_resolution: f64,
+        /// The image `wm` draws (the server's `watermark_path`).
+        #[arg(long)]
+        watermark: Option<PathBuf>,
     },
 }
 
@@ -176,13 +179,18 @@ fn serve(file: Option<PathBuf>, flags: Flags) -> ExitCode {
             tracing::info!("signing is off: any signature segment is accepted (use `insecure`)");
         }
         let (local_root, workers) = (cfg.local_root.clone(), cfg.workers);
-        let state = match pixgate::handler::State::new(cfg) {
-            Ok(s) => std::sync::Arc::new(s),
+        let mut state = match pixgate::handler::State::new(cfg) {
+            Ok(s) => s,
             Err(e) => {
                 eprintln!("pixgate: the policy does not load: {e}");
                 return ExitCode::from(2);
             }
         };
+        if let Err(e) = state.fetch_watermark().await {
+            eprintln!("pixgate: {e}");
+            return ExitCode::from(2);
+        }
+        let state = std::sync::Arc::new(state);
         match &state.policy {
             Some(p) => tracing::info!(file = %p.file().display(), generation = p.generation(), "policy loaded"),
             None => tracing::info!(
@@ -251,6 +259,7 @@ fn transform(
     output: PathBuf,
     fast: bool,
     max_src_resolution: f64,
+    watermark: Option<PathBuf>,
 ) -> ExitCode {
     let mut cfg = if fast {
         pixgate::EngineConfig::fast()
@@ -258,6 +267,18 @@ fn transform(
         pixgate::EngineConfig::default()
     };
     cfg.max_src_resolution = max_src_resolution;
+    if let Some(path) = watermark {
+        let mark = std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| pixgate::pixels::decode_watermark(&b).map_err(|e| e.to_string()));
+        match mark {
+            Ok(m) => cfg.watermark = Some(std::sync::Arc::new(m)),
+            Err(e) => {
+                eprintln!("pixgate: watermark {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        }
+    }
     let src = match std::fs::read(&input) {
         Ok(b) => b,
         Err(e) => {
@@ -408,7 +429,8 @@ fn main() -> ExitCode {
             output,
             fast,
             max_src_resolution,
-        } => transform(input, options, output, fast, max_src_resolution),
+            watermark,
+        } => transform(input, options, output, fast, max_src_resolution, watermark),
         Command::Policy { command } => policy(command),
     }
 }

@@ -31,16 +31,24 @@ const STAGE_BUCKETS: &[f64] = &[
 pub enum Route {
     Transform,
     Info,
+    Upload,
     Health,
     Other,
 }
 
 impl Route {
-    const ALL: [Route; 4] = [Route::Transform, Route::Info, Route::Health, Route::Other];
+    const ALL: [Route; 5] = [
+        Route::Transform,
+        Route::Info,
+        Route::Upload,
+        Route::Health,
+        Route::Other,
+    ];
     fn name(self) -> &'static str {
         match self {
             Route::Transform => "transform",
             Route::Info => "info",
+            Route::Upload => "upload",
             Route::Health => "health",
             Route::Other => "other",
         }

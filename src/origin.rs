@@ -61,7 +61,7 @@ pub struct SourceBytes {
 }
 
 impl SourceBytes {
-    fn new(bytes: Bytes, etag: Option<String>, last_modified: Option<String>) -> SourceBytes {
+    pub fn new(bytes: Bytes, etag: Option<String>, last_modified: Option<String>) -> SourceBytes {
         use sha2::Digest;
         let identity = match &etag {
             Some(e) => format!("etag:{e}"),
@@ -268,6 +268,8 @@ impl Origin {
         let limit = max_bytes.map_or(self.max_bytes, |m| m.min(self.max_bytes));
         match source {
             Source::Local(path) => self.read_local(path, limit).await,
+            // An upload's bytes come with the request; there is nothing to fetch.
+            Source::Upload(_) => Err(OriginError::NotFound),
             Source::Http(url) => {
                 if !crate::request::url::source_allowed(url, &self.allowed_sources) {
                     return Err(OriginError::NotAllowed);

@@ -88,6 +88,8 @@ pub struct Plan {
     /// `g:sm`: the result crop's position is chosen from the pixels (`result_crop` holds
     /// the centred fallback).
     pub smart_crop: bool,
+    /// `c:W:H:sm`: the same for `crop` (before the resize), on the oriented source.
+    pub crop_smart: bool,
     /// Canvas steps after the result crop: extend, extend-aspect-ratio, padding, in order.
     pub embeds: Vec<Embed>,
     /// Final size.
@@ -265,6 +267,35 @@ pub fn orientation_steps(orientation: u8) -> (u16, bool) {
         8 => (270, false),
         _ => (0, false),
     }
+}
+
+/// `crop_aspect_ratio`: the crop area corrected to `ratio` (width / height), shrinking the
+/// longer side, or with `enlarge` growing the shorter one as far as the image allows (then
+/// shrinking the other to keep the ratio).
+fn crop_to_ratio(
+    cw: u32,
+    ch: u32,
+    max_w: u32,
+    max_h: u32,
+    ratio: f64,
+    enlarge: bool,
+) -> (u32, u32) {
+    let (w, h) = (f64::from(cw), f64::from(ch));
+    let too_wide = w / h > ratio;
+    let (mut w, mut h) = match (too_wide, enlarge) {
+        (true, false) => (h * ratio, h),
+        (false, false) => (w, w / ratio),
+        (true, true) => (w, w / ratio),
+        (false, true) => (h * ratio, h),
+    };
+    if w > f64::from(max_w) {
+        (w, h) = (f64::from(max_w), f64::from(max_w) / ratio);
+    }
+    if h > f64::from(max_h) {
+        (w, h) = (f64::from(max_h) * ratio, f64::from(max_h));
+    }
+    let side = |v: f64, max: u32| (v.round() as u32).clamp(1, max);
+    (side(w, max_w), side(h, max_h))
 }
 
 fn crop_size(orig: u32, crop: f64) -> u32 {
@@ -453,25 +484,33 @@ pub fn build(
         std::mem::swap(&mut src_w, &mut src_h);
     }
 
-    let crop = match &o.crop {
-        Some(c) => {
-            let cw = min_non_zero(crop_size(src_w, c.width), src_w);
-            let ch = min_non_zero(crop_size(src_h, c.height), src_h);
-            let g = c.gravity.unwrap_or(o.gravity);
-            let (x, y) = position(src_w, src_h, cw, ch, &g, 1.0);
-            Rect {
-                x,
-                y,
-                width: cw,
-                height: ch,
-            }
-        }
-        None => Rect {
+    let (mut cw, mut ch, crop_gravity) = match &o.crop {
+        Some(c) => (
+            min_non_zero(crop_size(src_w, c.width), src_w),
+            min_non_zero(crop_size(src_h, c.height), src_h),
+            c.gravity.unwrap_or(o.gravity),
+        ),
+        None => (src_w, src_h, o.gravity),
+    };
+    if let Some((ratio, enlarge)) = o.crop_aspect_ratio {
+        (cw, ch) = crop_to_ratio(cw, ch, src_w, src_h, ratio, enlarge);
+    }
+    let crop_smart = crop_gravity.kind == GravityType::Smart && (cw < src_w || ch < src_h);
+    let crop = if (cw, ch) == (src_w, src_h) {
+        Rect {
             x: 0,
             y: 0,
             width: src_w,
             height: src_h,
-        },
+        }
+    } else {
+        let (x, y) = position(src_w, src_h, cw, ch, &crop_gravity, 1.0);
+        Rect {
+            x,
+            y,
+            width: cw,
+            height: ch,
+        }
     };
     let (wts, hts) = (crop.width, crop.height);
 
@@ -598,6 +637,7 @@ pub fn build(
         flip_vertical: o.flip_vertical,
         result_crop,
         smart_crop: o.gravity.kind == GravityType::Smart,
+        crop_smart,
         embeds,
         width: w,
         height: h,

@@ -25,7 +25,11 @@ pub async fn run(
         Some(addr) => Some(TcpListener::bind(addr).await?),
         None => None,
     };
-    let state = State::new(config).map_err(std::io::Error::other)?;
+    let mut state = State::new(config).map_err(std::io::Error::other)?;
+    state
+        .fetch_watermark()
+        .await
+        .map_err(std::io::Error::other)?;
     serve(listener, metrics, Arc::new(state), shutdown).await
 }
 

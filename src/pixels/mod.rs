@@ -11,10 +11,13 @@ pub mod encode;
 pub mod metadata;
 pub mod ops;
 pub mod probe;
+pub mod quality;
 pub mod smart;
 pub mod svg;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use image::DynamicImage;
 
@@ -65,6 +68,61 @@ pub struct EngineConfig {
     /// count and the request deadline, checked between frames.
     pub max_animation_frame_resolution: f64,
     pub encoder: EncoderConfig,
+    /// The image `wm` draws (decoded once at start); `None`: `wm` is ignored, as imgproxy
+    /// does without a configured watermark.
+    pub watermark: Option<Arc<image::RgbaImage>>,
+    /// Multiplies every `wm` opacity.
+    pub watermark_opacity: f64,
+    /// `autoquality` when the URL does not say.
+    pub autoquality: AutoQualityDefaults,
+}
+
+/// Server defaults of `autoquality` (imgproxy's `IMGPROXY_AUTOQUALITY_*`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoQualityDefaults {
+    /// `none`, `dssim` or `size`.
+    pub method: String,
+    /// DSSIM the result may not exceed (`dssim`).
+    pub target: f64,
+    pub min_quality: u8,
+    pub max_quality: u8,
+    /// The search stops early once the DSSIM is within this of the target (below it).
+    pub allowed_error: f64,
+}
+
+impl Default for AutoQualityDefaults {
+    fn default() -> Self {
+        AutoQualityDefaults {
+            method: "none".into(),
+            target: DEFAULT_AUTOQUALITY_TARGET,
+            min_quality: 40,
+            max_quality: 90,
+            allowed_error: 0.001,
+        }
+    }
+}
+
+/// Default DSSIM target of `aq:dssim`: imgproxy's default; on pixgate's metric it keeps
+/// photos free of visible artefacts (see README for the figures).
+pub const DEFAULT_AUTOQUALITY_TARGET: f64 = 0.02;
+
+/// Encodes (each followed by a decode and a comparison) one `autoquality` search may cost:
+/// enough for a bisection to converge on any range of qualities (1..=100 needs 7), so the
+/// answer is exact, not the best of an unfinished search.
+pub const AUTOQUALITY_ENCODES: u32 = 7;
+
+/// `autoquality`, resolved against the server's defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AutoQuality {
+    /// The lowest quality whose DSSIM against the unencoded result is ≤ `target`.
+    Dssim {
+        target: f64,
+        allowed_error: f64,
+        min: u8,
+        max: u8,
+    },
+    /// The highest quality whose result is ≤ `bytes` (else `min`).
+    Size { bytes: u64, min: u8, max: u8 },
 }
 
 impl Default for EngineConfig {
@@ -84,6 +142,9 @@ impl Default for EngineConfig {
             max_animation_frames: DEFAULT_MAX_ANIMATION_FRAMES,
             max_animation_frame_resolution: 0.0,
             encoder: EncoderConfig::default(),
+            watermark: None,
+            watermark_opacity: 1.0,
+            autoquality: AutoQualityDefaults::default(),
         }
     }
 }
@@ -177,6 +238,19 @@ pub struct Job {
     max_pixels: u64,
     /// `max_bytes`: 0 = none.
     max_bytes: u64,
+    background_alpha: f64,
+    /// `trim`: found on the decoded pixels, then the geometry is planned again.
+    trim: Option<Box<Retrim>>,
+    watermark: Option<(Arc<image::RgbaImage>, ops::WatermarkSpec)>,
+    autoquality: Option<AutoQuality>,
+}
+
+/// What planning again after `trim` needs.
+#[derive(Debug, Clone)]
+struct Retrim {
+    spec: crate::request::options::Trim,
+    options: Options,
+    limits: ResultLimits,
 }
 
 /// Output formats whose encoder here embeds an ICC profile.
@@ -273,6 +347,10 @@ pub fn prepare(src: &[u8], o: &Options, cfg: &EngineConfig) -> Result<Job, Pixel
             render_size: (0, 0),
             max_pixels: 0,
             max_bytes: 0,
+            background_alpha: 1.0,
+            trim: None,
+            watermark: None,
+            autoquality: None,
             info,
         });
     }
@@ -340,20 +418,40 @@ pub fn prepare(src: &[u8], o: &Options, cfg: &EngineConfig) -> Result<Job, Pixel
     };
     let mut plan = plan::build(o, &geometry, &limits, format)?;
     if format == Format::Avif && plan.width.min(plan.height) < MIN_AVIF_SIDE {
-        // libaom refuses (or mangles) tiny frames; imgproxy falls back the same way.
-        format = if info.has_alpha && o.background.is_none() {
-            Format::Png
-        } else {
-            Format::Jpeg
-        };
+        format = small_avif_fallback(&info, o.background);
         plan = plan::build(o, &geometry, &limits, format)?;
     }
+    // Trim needs every source pixel, and is for stills (as in imgproxy); a vector has
+    // no border to find before it is drawn at a size.
+    let trim = o
+        .trim
+        .filter(|_| !animate && info.format != Format::Svg)
+        .map(|spec| {
+            Box::new(Retrim {
+                spec,
+                options: o.clone(),
+                limits,
+            })
+        });
+    let watermark = match (&o.watermark, &cfg.watermark) {
+        (Some(w), Some(image)) => Some((
+            image.clone(),
+            ops::WatermarkSpec {
+                opacity: w.opacity * cfg.watermark_opacity,
+                position: w.position,
+                x: w.x,
+                y: w.y,
+                scale: w.scale,
+            },
+        )),
+        _ => None,
+    };
     let render_size = if info.format == Format::Svg {
         svg_render_size(&plan, limit)
     } else {
         (0, 0)
     };
-    let jpeg_denominator = if info.format == Format::Jpeg {
+    let jpeg_denominator = if info.format == Format::Jpeg && trim.is_none() {
         // Orientation does not matter: the shrink is the smaller of the two axes.
         decode::jpeg_scale_denominator(plan.shrink(), cfg.jpeg_shrink_margin)
     } else {
@@ -375,10 +473,64 @@ pub fn prepare(src: &[u8], o: &Options, cfg: &EngineConfig) -> Result<Job, Pixel
         render_size,
         max_pixels: limit,
         max_bytes: o.max_bytes,
+        background_alpha: o.background_alpha,
+        trim,
+        watermark,
+        autoquality: resolve_autoquality(o, format, cfg),
         plan: Some(plan),
         format,
         info,
     })
+}
+
+/// libaom refuses (or mangles) tiny frames; imgproxy falls back the same way.
+fn small_avif_fallback(
+    info: &SourceInfo,
+    background: Option<crate::request::options::Rgb>,
+) -> Format {
+    if info.has_alpha && background.is_none() {
+        Format::Png
+    } else {
+        Format::Jpeg
+    }
+}
+
+/// The URL's `aq`, else the server's default method, with unset parts from the server.
+/// `None` for formats without a quality setting.
+fn resolve_autoquality(o: &Options, format: Format, cfg: &EngineConfig) -> Option<AutoQuality> {
+    let d = &cfg.autoquality;
+    let lossy = format.has_quality()
+        && !(format == Format::Webp && cfg.encoder.webp_mode == WebpMode::Lossless);
+    if !lossy {
+        return None;
+    }
+    let (method, target, min, max, err) = match &o.autoquality {
+        Some(a) => (
+            a.method.as_str(),
+            a.target,
+            a.min_quality,
+            a.max_quality,
+            a.allowed_error,
+        ),
+        None => (d.method.as_str(), None, None, None, None),
+    };
+    let min = min.unwrap_or(d.min_quality).max(1);
+    let max = max.unwrap_or(d.max_quality).clamp(min, 100);
+    match method {
+        "dssim" => Some(AutoQuality::Dssim {
+            target: target.unwrap_or(d.target),
+            allowed_error: err.unwrap_or(d.allowed_error),
+            min,
+            max,
+        }),
+        // The parser insists on a target for `size`; a server default has none.
+        "size" => target.map(|t| AutoQuality::Size {
+            bytes: t as u64,
+            min,
+            max,
+        }),
+        _ => None,
+    }
 }
 
 impl Job {
@@ -434,17 +586,44 @@ impl Job {
         };
         timings.decode = t.elapsed();
         check()?;
-        let (dw, dh) = (decoded.image.width(), decoded.image.height());
-        let scale = (
-            f64::from(dw) / f64::from(self.info.width),
-            f64::from(dh) / f64::from(self.info.height),
-        );
-        let fill = ops::Fill {
-            keep_alpha: self.keep_alpha,
-            background: self.background,
-        };
         let t = std::time::Instant::now();
-        let img = ops::apply(decoded.image, plan, scale, fill)?;
+        let mut image = decoded.image;
+        let (mut src_w, mut src_h) = (self.info.width, self.info.height);
+        let mut plan = Cow::Borrowed(plan);
+        if let Some(r) = &self.trim
+            && let Some(keep) = ops::find_trim(&image, &r.spec)
+            && (keep.width, keep.height) != (image.width(), image.height())
+        {
+            // Decoded at full size for trim, so decoded and stored pixels coincide.
+            image = image.crop_imm(keep.x, keep.y, keep.width, keep.height);
+            (src_w, src_h) = (keep.width, keep.height);
+            let geometry = SourceGeometry {
+                width: src_w,
+                height: src_h,
+                orientation: self.info.orientation,
+                is_vector: false,
+            };
+            plan = Cow::Owned(plan::build(&r.options, &geometry, &r.limits, self.format)?);
+        }
+        let format = if self.format == Format::Avif && plan.width.min(plan.height) < MIN_AVIF_SIDE {
+            small_avif_fallback(&self.info, self.background)
+        } else {
+            self.format
+        };
+        let (dw, dh) = (image.width(), image.height());
+        let scale = (
+            f64::from(dw) / f64::from(src_w),
+            f64::from(dh) / f64::from(src_h),
+        );
+        let fill = self.fill(format);
+        let img = ops::apply(image, &plan, scale, fill)?;
+        let img = match &self.watermark {
+            Some((mark, spec)) => {
+                ops::PlacedWatermark::new(mark, spec, img.width(), img.height(), plan.dpr)?
+                    .apply(img)
+            }
+            None => img,
+        };
         // Colour conversion after the resize: the same result for these smooth transfer
         // functions at a fraction of the pixels (libvips' thumbnail does the same).
         let (img, icc) = match decoded.icc {
@@ -469,11 +648,11 @@ impl Job {
             exif: exif.as_deref(),
         };
         let t = std::time::Instant::now();
-        let bytes = self.encode_within(&img, meta, &check)?;
+        let bytes = self.encode_within(&img, format, meta, &check)?;
         timings.encode = t.elapsed();
         Ok(Encoded {
             bytes,
-            format: self.format,
+            format,
             width: img.width(),
             height: img.height(),
             timings,
@@ -487,17 +666,21 @@ impl Job {
     fn encode_within(
         &self,
         img: &DynamicImage,
+        format: Format,
         meta: encode::Metadata<'_>,
         check: &dyn Fn() -> Result<(), PixelError>,
     ) -> Result<Vec<u8>, PixelError> {
-        let encode = |q: u8| encode::encode(img, self.format, q, &self.encoder, meta);
-        let first = encode(self.quality)?;
+        let encode = |q: u8| encode::encode(img, format, q, &self.encoder, meta);
+        let (quality, first) = match self.autoquality.filter(|_| format == self.format) {
+            Some(aq) => self.auto_quality(img, format, aq, &encode, check)?,
+            None => (self.quality, encode(self.quality)?),
+        };
         let limit = self.max_bytes;
         if limit == 0 || first.len() as u64 <= limit {
             return Ok(first);
         }
-        let lossy = self.format.has_quality()
-            && !(self.format == Format::Webp && self.encoder.webp_mode == WebpMode::Lossless);
+        let lossy = format.has_quality()
+            && !(format == Format::Webp && self.encoder.webp_mode == WebpMode::Lossless);
         if !lossy {
             return Err(PixelError::MaxBytesUnreachable {
                 smallest: first.len() as u64,
@@ -506,7 +689,7 @@ impl Job {
         }
         // Bisection for the highest quality below the job's that fits: 99 candidates take
         // at most 7 encodes.
-        let (mut lo, mut hi) = (1u8, self.quality.saturating_sub(1));
+        let (mut lo, mut hi) = (1u8, quality.saturating_sub(1));
         let mut best = None;
         let mut smallest = first.len() as u64;
         let mut budget = MAX_BYTES_ENCODES - 1;
@@ -528,6 +711,88 @@ impl Job {
         best.ok_or(PixelError::MaxBytesUnreachable { smallest, limit })
     }
 
+    /// `autoquality`: a bisection over [min, max] (at most [`AUTOQUALITY_ENCODES`]
+    /// encodes), returning the chosen quality and its bytes.
+    fn auto_quality(
+        &self,
+        img: &DynamicImage,
+        format: Format,
+        aq: AutoQuality,
+        encode: &dyn Fn(u8) -> Result<Vec<u8>, EncodeError>,
+        check: &dyn Fn() -> Result<(), PixelError>,
+    ) -> Result<(u8, Vec<u8>), PixelError> {
+        let (min, max) = match aq {
+            AutoQuality::Dssim { min, max, .. } | AutoQuality::Size { min, max, .. } => (min, max),
+        };
+        // `good(q)` is monotone in q: false below some quality, true from it on. Wanted is
+        // the lowest good quality for DSSIM; for size, "good" means over the budget and the
+        // answer is the highest quality below the first good one.
+        let good = |bytes: &[u8]| -> Result<(bool, bool), PixelError> {
+            Ok(match aq {
+                AutoQuality::Dssim {
+                    target,
+                    allowed_error,
+                    ..
+                } => {
+                    let d = quality::dssim(img, &self.decode_result(bytes, format)?);
+                    (d <= target, d <= target && target - d <= allowed_error)
+                }
+                AutoQuality::Size { bytes: limit, .. } => (bytes.len() as u64 > limit, false),
+            })
+        };
+        let (mut lo, mut hi) = (min, max);
+        let mut lowest_good: Option<(u8, Vec<u8>)> = None;
+        let mut highest_bad: Option<(u8, Vec<u8>)> = None;
+        let mut budget = AUTOQUALITY_ENCODES;
+        while lo <= hi && budget > 0 {
+            check()?;
+            let q = lo + (hi - lo) / 2;
+            let bytes = encode(q)?;
+            budget -= 1;
+            let (ok, close_enough) = good(&bytes)?;
+            if ok {
+                lowest_good = Some((q, bytes));
+                if close_enough || q == lo {
+                    break;
+                }
+                hi = q - 1;
+            } else {
+                highest_bad = Some((q, bytes));
+                lo = q + 1;
+            }
+        }
+        let pick = match aq {
+            // Nothing reached the target: the best the range allows.
+            AutoQuality::Dssim { .. } => lowest_good.or(highest_bad),
+            // Everything was over the budget: the smallest the range allows.
+            AutoQuality::Size { .. } => highest_bad.or(lowest_good),
+        };
+        match pick {
+            Some(p) => Ok(p),
+            None => Ok((max, encode(max)?)),
+        }
+    }
+
+    /// Decodes one of our own encodes (for the quality metric).
+    fn decode_result(&self, bytes: &[u8], format: Format) -> Result<DynamicImage, PixelError> {
+        let info = probe::probe(bytes)?;
+        let img = if format == Format::Avif {
+            // libavif refuses limits above its default; the result's own size is enough.
+            avif::decode(bytes, &info, info.pixels())?.image
+        } else {
+            decode::decode(bytes, &info, 1)?.image
+        };
+        Ok(img)
+    }
+
+    fn fill(&self, format: Format) -> ops::Fill {
+        ops::Fill {
+            keep_alpha: self.keep_alpha && format.supports_alpha(),
+            background: self.background,
+            background_alpha: self.background_alpha,
+        }
+    }
+
     /// Whether the result will be animated.
     pub fn is_animated(&self) -> bool {
         self.animate
@@ -541,10 +806,8 @@ impl Job {
         check: &dyn Fn() -> Result<(), PixelError>,
     ) -> Result<Encoded, PixelError> {
         let mut timings = Timings::default();
-        let fill = ops::Fill {
-            keep_alpha: self.keep_alpha,
-            background: self.background,
-        };
+        let fill = self.fill(self.format);
+        let mut placed: Option<ops::PlacedWatermark> = None;
         // Animations are always converted to sRGB: the animated encoders here carry no profile.
         let icc = (self.info.format == Format::Webp)
             .then(|| decode::webp_icc(src))
@@ -576,6 +839,16 @@ impl Job {
             let img = match &icc {
                 Some(p) => color::rgb_to_srgb(&img, p).unwrap_or(img),
                 None => img,
+            };
+            let img = match (&self.watermark, &placed) {
+                (Some(_), Some(p)) => p.apply(img),
+                (Some((mark, spec)), None) => {
+                    // Scaled once: every frame has the plan's size.
+                    let p =
+                        ops::PlacedWatermark::new(mark, spec, img.width(), img.height(), plan.dpr)?;
+                    placed.insert(p).apply(img)
+                }
+                (None, _) => img,
             };
             timings.transform += t.elapsed();
             let t = std::time::Instant::now();
@@ -640,6 +913,26 @@ fn svg_render_size(plan: &Plan, max_pixels: u64) -> (u32, u32) {
         (w, h) = (w * k, h * k);
     }
     (w.round().max(1.0) as u32, h.round().max(1.0) as u32)
+}
+
+/// Largest watermark accepted, in pixels: it is kept decoded for the life of the process.
+pub const MAX_WATERMARK_PIXELS: u64 = 16_000_000;
+
+/// Decodes a watermark image (any readable format; SVG drawn at its own size) to RGBA, with
+/// the same checks as a source.
+pub fn decode_watermark(src: &[u8]) -> Result<image::RgbaImage, PixelError> {
+    let cfg = EngineConfig {
+        max_src_resolution: MAX_WATERMARK_PIXELS as f64 / 1_000_000.0,
+        ..EngineConfig::default()
+    };
+    let o = Options {
+        format: Some(Format::Png),
+        ..Options::default()
+    };
+    let png = transform(src, &o, &cfg)?;
+    image::load_from_memory(&png.bytes)
+        .map(|i| i.into_rgba8())
+        .map_err(|e| DecodeError::Corrupt(Format::Png, e.to_string()).into())
 }
 
 /// Runs the whole engine: `prepare` then `run`.

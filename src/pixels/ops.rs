@@ -6,7 +6,7 @@ use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, GenericImage, GenericImageView, Rgba};
 
 use crate::plan::{Plan, Rect};
-use crate::request::options::Rgb;
+use crate::request::options::{Gravity, GravityType, Rgb, Trim};
 
 /// Why a pixel operation failed (an invariant of the plan broken: our bug, a 500).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -22,6 +22,8 @@ pub struct Fill {
     pub keep_alpha: bool,
     /// `bg` from the URL: flatten onto it even when alpha could be kept.
     pub background: Option<Rgb>,
+    /// `bga`: the background's own opacity (0..=1) where the output keeps alpha.
+    pub background_alpha: f64,
 }
 
 impl Fill {
@@ -30,6 +32,12 @@ impl Fill {
     }
     fn transparent_canvas(&self) -> bool {
         self.keep_alpha && self.background.is_none()
+    }
+    /// The background's alpha when it is see-through (`bg` with `bga` < 1 and an output
+    /// that keeps alpha).
+    fn translucent_background(&self) -> Option<u8> {
+        (self.keep_alpha && self.background.is_some() && self.background_alpha < 1.0)
+            .then(|| (self.background_alpha.clamp(0.0, 1.0) * 255.0).round() as u8)
     }
 }
 
@@ -63,7 +71,20 @@ pub fn apply(
     } else {
         decoded_scale
     };
-    let mut img = crop_and_resize(img, plan, sx, sy)?;
+    let mut crop = plan.crop;
+    if plan.crop_smart {
+        // Positioned on the decoded pixels, mapped back to source coordinates.
+        let (dw, dh) = (
+            ((f64::from(crop.width) * sx).round() as u32).clamp(1, img.width()),
+            ((f64::from(crop.height) * sy).round() as u32).clamp(1, img.height()),
+        );
+        let (x, y) = super::smart::position(&img, dw, dh);
+        crop.x = ((f64::from(x) / sx).round() as u32)
+            .min(plan.oriented_width.saturating_sub(crop.width));
+        crop.y = ((f64::from(y) / sy).round() as u32)
+            .min(plan.oriented_height.saturating_sub(crop.height));
+    }
+    let mut img = crop_and_resize(img, crop, plan, sx, sy)?;
     if plan.flip_horizontal {
         img = img.fliph();
     }
@@ -97,11 +118,11 @@ pub fn apply(
 
 fn crop_and_resize(
     img: DynamicImage,
+    c: Rect,
     plan: &Plan,
     sx: f64,
     sy: f64,
 ) -> Result<DynamicImage, OpsError> {
-    let c: Rect = plan.crop;
     // The crop in decoded pixels; fractional edges are kept (fast_image_resize samples them).
     let (cx, cy) = (f64::from(c.x) * sx, f64::from(c.y) * sy);
     let cw = (f64::from(c.width) * sx).min(f64::from(img.width()) - cx);
@@ -221,7 +242,8 @@ fn in_layout(rgba: image::RgbaImage, alpha: bool, gray: bool) -> DynamicImage {
 /// Places `img` at (`x`, `y`) on a `w`×`h` canvas.
 fn embed(img: DynamicImage, w: u32, h: u32, x: u32, y: u32, fill: Fill) -> DynamicImage {
     let bg = fill.color();
-    let mut canvas = if fill.transparent_canvas() {
+    // A translucent background is laid under everything once, by `flatten`.
+    let mut canvas = if fill.transparent_canvas() || fill.translucent_background().is_some() {
         DynamicImage::new_rgba8(w, h)
     } else if img.color().has_alpha() {
         DynamicImage::ImageRgba8(image::RgbaImage::from_pixel(
@@ -259,6 +281,29 @@ pub fn flatten(img: DynamicImage, fill: Fill) -> DynamicImage {
         return img;
     }
     let bg = fill.color();
+    if let Some(ba) = fill.translucent_background() {
+        // Porter-Duff "over" onto the translucent background: alpha stays.
+        let mut rgba = img.into_rgba8();
+        let bga = f64::from(ba) / 255.0;
+        for p in rgba.pixels_mut() {
+            let a = f64::from(p[3]) / 255.0;
+            let out_a = a + bga * (1.0 - a);
+            if out_a <= 0.0 {
+                *p = Rgba([0, 0, 0, 0]);
+                continue;
+            }
+            let mix = |c: u8, b: u8| {
+                ((f64::from(c) * a + f64::from(b) * bga * (1.0 - a)) / out_a).round() as u8
+            };
+            *p = Rgba([
+                mix(p[0], bg.0),
+                mix(p[1], bg.1),
+                mix(p[2], bg.2),
+                (out_a * 255.0).round() as u8,
+            ]);
+        }
+        return DynamicImage::ImageRgba8(rgba);
+    }
     let gray = !img.color().has_color();
     let (w, h) = img.dimensions();
     let rgba = img.into_rgba8();
@@ -273,6 +318,188 @@ pub fn flatten(img: DynamicImage, fill: Fill) -> DynamicImage {
         DynamicImage::ImageLuma8(out.to_luma8())
     } else {
         out
+    }
+}
+
+/// `trim`: the box that holds everything differing from the border colour by more than
+/// `threshold` in some channel (libvips `find_trim`). The border colour is `color`, else the
+/// top-left pixel; transparency counts as magenta (FF00FF), as in imgproxy. `None` when the
+/// whole image is border (nothing to keep, so nothing is trimmed).
+pub fn find_trim(img: &DynamicImage, t: &Trim) -> Option<Rect> {
+    let rgba = img.to_rgba8();
+    let (w, h) = rgba.dimensions();
+    if w == 0 || h == 0 {
+        return None;
+    }
+    let flat = |p: &Rgba<u8>| -> [i32; 3] {
+        let a = i32::from(p[3]);
+        let m = [255, 0, 255];
+        std::array::from_fn(|c| (i32::from(p[c]) * a + m[c] * (255 - a) + 127) / 255)
+    };
+    let bg = match t.color {
+        Some(c) => [i32::from(c.0), i32::from(c.1), i32::from(c.2)],
+        None => flat(rgba.get_pixel(0, 0)),
+    };
+    let (mut left, mut right, mut top, mut bottom) = (w, 0u32, h, 0u32);
+    for (y, row) in rgba.rows().enumerate() {
+        let y = y as u32;
+        let mut first = None;
+        let mut last = 0;
+        for (x, p) in row.enumerate() {
+            let v = flat(p);
+            let diff = (0..3).map(|c| (v[c] - bg[c]).abs()).max().unwrap_or(0);
+            if f64::from(diff) > t.threshold {
+                first.get_or_insert(x as u32);
+                last = x as u32;
+            }
+        }
+        if let Some(f) = first {
+            left = left.min(f);
+            right = right.max(last);
+            top = top.min(y);
+            bottom = y;
+        }
+    }
+    if left > right {
+        return None;
+    }
+    let (mut x0, mut x1, mut y0, mut y1) = (left, right + 1, top, bottom + 1);
+    if t.equal_hor {
+        let cut = x0.min(w - x1);
+        (x0, x1) = (cut, w - cut);
+    }
+    if t.equal_ver {
+        let cut = y0.min(h - y1);
+        (y0, y1) = (cut, h - cut);
+    }
+    Some(Rect {
+        x: x0,
+        y: y0,
+        width: x1 - x0,
+        height: y1 - y0,
+    })
+}
+
+/// A watermark scaled and faded for one result size, with where it goes.
+pub struct PlacedWatermark {
+    mark: image::RgbaImage,
+    spots: Vec<(i64, i64)>,
+}
+
+/// Where and how a watermark is drawn (`wm` after the server's opacity is applied).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WatermarkSpec {
+    pub opacity: f64,
+    pub position: GravityType,
+    pub x: f64,
+    pub y: f64,
+    /// Relative to the result's size; 0 = the watermark's own size.
+    pub scale: f64,
+}
+
+impl PlacedWatermark {
+    /// Scales the watermark (to `scale` of the result, and never larger than it), fades it
+    /// by the opacity and lays out its positions (one, or a grid for `re`). `dpr` scales
+    /// pixel offsets as it does for gravity.
+    pub fn new(
+        wm: &image::RgbaImage,
+        spec: &WatermarkSpec,
+        width: u32,
+        height: u32,
+        dpr: f64,
+    ) -> Result<PlacedWatermark, OpsError> {
+        let (ww, wh) = (f64::from(wm.width().max(1)), f64::from(wm.height().max(1)));
+        let (bw, bh) = if spec.scale > 0.0 {
+            (
+                f64::from(width) * spec.scale,
+                f64::from(height) * spec.scale,
+            )
+        } else {
+            (ww, wh)
+        };
+        let k = (bw / ww)
+            .min(bh / wh)
+            .min(f64::from(width) / ww)
+            .min(f64::from(height) / wh);
+        let (tw, th) = (
+            ((ww * k).round() as u32).max(1),
+            ((wh * k).round() as u32).max(1),
+        );
+        let mut mark = if (tw, th) == wm.dimensions() {
+            wm.clone()
+        } else {
+            let src = DynamicImage::ImageRgba8(wm.clone());
+            let mut dst = DynamicImage::new_rgba8(tw, th);
+            Resizer::new()
+                .resize(
+                    &src,
+                    &mut dst,
+                    &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3)),
+                )
+                .map_err(|e| OpsError::Resize(e.to_string()))?;
+            dst.into_rgba8()
+        };
+        let opacity = spec.opacity.clamp(0.0, 1.0);
+        if opacity < 1.0 {
+            for p in mark.pixels_mut() {
+                p[3] = (f64::from(p[3]) * opacity).round() as u8;
+            }
+        }
+        let spots = if spec.position == GravityType::Replicate {
+            // Offsets are the gaps between tiles.
+            let gap = |v: f64, size: u32| -> u32 {
+                let px = if v.abs() >= 1.0 {
+                    v * dpr
+                } else {
+                    v * f64::from(size)
+                };
+                px.round().max(0.0) as u32
+            };
+            let (sx, sy) = (tw + gap(spec.x, width), th + gap(spec.y, height));
+            let mut spots = Vec::new();
+            for y in (0..height).step_by(sy as usize) {
+                for x in (0..width).step_by(sx as usize) {
+                    spots.push((i64::from(x), i64::from(y)));
+                }
+            }
+            spots
+        } else {
+            let g = Gravity {
+                kind: spec.position,
+                x: spec.x,
+                y: spec.y,
+            };
+            let (x, y) = crate::plan::position(width, height, tw, th, &g, dpr);
+            vec![(i64::from(x), i64::from(y))]
+        };
+        Ok(PlacedWatermark { mark, spots })
+    }
+
+    /// Draws the watermark over `img` ("over" compositing; the image keeps its layout
+    /// unless the mark brings colour to a grey image).
+    pub fn apply(&self, img: DynamicImage) -> DynamicImage {
+        let had_alpha = img.color().has_alpha();
+        let gray =
+            !img.color().has_color() && self.mark.pixels().all(|p| p[0] == p[1] && p[1] == p[2]);
+        let mut out = img.into_rgba8();
+        let (w, h) = (i64::from(out.width()), i64::from(out.height()));
+        for &(sx, sy) in &self.spots {
+            for (mx, my, m) in self.mark.enumerate_pixels() {
+                let (x, y) = (sx + i64::from(mx), sy + i64::from(my));
+                if m[3] == 0 || x >= w || y >= h {
+                    continue;
+                }
+                let d = out.get_pixel_mut(x as u32, y as u32);
+                let (ma, da) = (f64::from(m[3]) / 255.0, f64::from(d[3]) / 255.0);
+                let oa = ma + da * (1.0 - ma);
+                for c in 0..3 {
+                    let v = (f64::from(m[c]) * ma + f64::from(d[c]) * da * (1.0 - ma)) / oa;
+                    d[c] = v.round() as u8;
+                }
+                d[3] = (oa * 255.0).round() as u8;
+            }
+        }
+        in_layout(out, had_alpha, gray)
     }
 }
 
@@ -296,6 +523,7 @@ mod tests {
         let fill = Fill {
             keep_alpha: false,
             background: Some(Rgb(255, 0, 0)),
+            background_alpha: 1.0,
         };
         let out = flatten(DynamicImage::ImageRgba8(img), fill).to_rgb8();
         assert_eq!(out.get_pixel(0, 0).0, [127, 0, 0]);

@@ -1011,7 +1011,14 @@ fn apply(
                 max_quality: opt_q(3)?,
                 allowed_error: opt_f(4)?,
             };
-            o.autoquality = (aq.method != "none").then_some(aq);
+            if aq.method == "size" && aq.target.is_none_or(|t| t < 1.0) {
+                return Err(invalid(name, "method `size` needs a target in bytes"));
+            }
+            if aq.target.is_some_and(|t| t < 0.0) {
+                return Err(invalid(name, "target must be ≥ 0"));
+            }
+            // `aq:none` is kept: it turns a server default off.
+            o.autoquality = Some(aq);
         }
         _ => return Err(OptionsError::Unknown(name.to_string())),
     }
@@ -1066,22 +1073,12 @@ impl Options {
     /// The options this build does not yet implement in pixels; refused with a typed error
     /// rather than silently ignored.
     pub fn unsupported(&self) -> Option<&'static str> {
-        // `g:sm` positions the result crop; smart gravity of `crop` (before the resize) is
-        // not implemented yet.
-        if self
-            .crop
-            .and_then(|c| c.gravity)
-            .is_some_and(|g| g.kind == GravityType::Smart)
-        {
-            return Some("crop gravity:sm");
-        }
-        let checks: [(bool, &'static str); 7] = [
-            (self.trim.is_some(), "trim"),
-            (self.watermark.is_some(), "watermark"),
+        let checks: [(bool, &'static str); 3] = [
             (self.raw, "raw"),
-            (self.crop_aspect_ratio.is_some(), "crop_aspect_ratio"),
-            (self.background_alpha != 1.0, "background_alpha"),
-            (self.autoquality.is_some(), "autoquality"),
+            (
+                self.autoquality.as_ref().is_some_and(|a| a.method == "ml"),
+                "autoquality:ml",
+            ),
             (self.enforce_thumbnail, "enforce_thumbnail"),
         ];
         checks.into_iter().find(|(on, _)| *on).map(|(_, n)| n)

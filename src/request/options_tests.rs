@@ -400,15 +400,26 @@ fn unknown_and_malformed() {
 
 #[test]
 fn unsupported_options_are_named() {
-    assert_eq!(ok("g:sm").unsupported(), None);
-    assert_eq!(ok("c:10:10:sm").unsupported(), Some("crop gravity:sm"));
-    assert_eq!(ok("t:10").unsupported(), Some("trim"));
-    assert_eq!(ok("wm:0.5").unsupported(), Some("watermark"));
     assert_eq!(ok("raw:1").unsupported(), Some("raw"));
-    assert_eq!(ok("bga:0.5").unsupported(), Some("background_alpha"));
+    assert_eq!(ok("eth:1").unsupported(), Some("enforce_thumbnail"));
+    assert_eq!(ok("aq:ml").unsupported(), Some("autoquality:ml"));
     assert_eq!(ok("rs:fill:100:100/g:no/q:50/f:webp").unsupported(), None);
     for landed in [
-        "pix:4", "mb:100", "br:10", "co:1.5", "sa:0", "mc:1", "a:1:1:1",
+        "g:sm",
+        "c:10:10:sm",
+        "t:10",
+        "wm:0.5",
+        "bga:0.5",
+        "car:1.5",
+        "aq:dssim",
+        "aq:size:1000",
+        "pix:4",
+        "mb:100",
+        "br:10",
+        "co:1.5",
+        "sa:0",
+        "mc:1",
+        "a:1:1:1",
     ] {
         assert_eq!(ok(landed).unsupported(), None, "{landed}");
     }

@@ -31,6 +31,8 @@ pub enum Source {
     Http(String),
     /// `local:///path`: the path below the local root (leading `/` included, decoded).
     Local(String),
+    /// `POST /upload`: the request body, named by its SHA-256 (hex).
+    Upload(String),
 }
 
 impl Source {
@@ -39,6 +41,7 @@ impl Source {
         match self {
             Source::Http(u) => u.clone(),
             Source::Local(p) => format!("local://{p}"),
+            Source::Upload(h) => format!("upload:{h}"),
         }
     }
 
@@ -55,6 +58,7 @@ impl Source {
                 .unwrap_or_default()
                 .to_string(),
             Source::Local(p) => p.clone(),
+            Source::Upload(_) => "upload".into(),
         };
         let last = path.rsplit('/').next().unwrap_or_default();
         let stem = last.rsplit_once('.').map_or(last, |(s, _)| s);
@@ -126,10 +130,10 @@ pub fn split_signature(target: &str) -> Result<(&str, String), UrlError> {
     Ok((sig, fix_path(&format!("/{after}"))))
 }
 
-/// Parses and verifies a transform request target (`/sig/opts.../source`).
-pub fn parse(target: &str, ctx: &UrlContext<'_>) -> Result<ParsedRequest, UrlError> {
+/// The signer of a target and the signed path. Cheapest rejection first: the signature is
+/// checked before any option is parsed.
+fn verified(target: &str, ctx: &UrlContext<'_>) -> Result<(Signer, String), UrlError> {
     let (sig, signed_path) = split_signature(target)?;
-    // Cheapest rejection first: the signature is checked before any option is parsed.
     let signer = signature::verify(
         sig,
         &signed_path,
@@ -137,6 +141,12 @@ pub fn parse(target: &str, ctx: &UrlContext<'_>) -> Result<ParsedRequest, UrlErr
         ctx.signature_size,
         ctx.trusted_signatures,
     )?;
+    Ok((signer, signed_path))
+}
+
+/// Parses and verifies a transform request target (`/sig/opts.../source`).
+pub fn parse(target: &str, ctx: &UrlContext<'_>) -> Result<ParsedRequest, UrlError> {
+    let (signer, signed_path) = verified(target, ctx)?;
     let segments: Vec<&str> = signed_path[1..].split('/').collect();
     let pctx = ParseContext {
         presets: ctx.presets,
@@ -172,6 +182,52 @@ pub fn parse(target: &str, ctx: &UrlContext<'_>) -> Result<ParsedRequest, UrlErr
         signer,
         options: opts,
         source,
+    })
+}
+
+/// Parses and verifies an upload target (`/sig/opts...`, the part after `/upload`): every
+/// segment is an option; the source is the body, named by `body_sha256`.
+pub fn parse_upload(
+    target: &str,
+    body_sha256: String,
+    ctx: &UrlContext<'_>,
+) -> Result<ParsedRequest, UrlError> {
+    let (signer, signed_path) = verified(target, ctx)?;
+    let segments: Vec<&str> = signed_path[1..]
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    if let Some(s) = segments
+        .iter()
+        .find(|s| !s.contains(':') && !ctx.only_presets)
+    {
+        return Err(UrlError::Source(format!(
+            "upload URLs carry options only (`{s}` is not one); the image is the body"
+        )));
+    }
+    let pctx = ParseContext {
+        presets: ctx.presets,
+        allow_security_options: ctx.allow_security_options,
+        now_unix: ctx.now_unix,
+        defaults: ctx.defaults,
+    };
+    let decoded: Vec<String> = segments
+        .iter()
+        .map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .collect();
+    let options = if ctx.only_presets {
+        match decoded.as_slice() {
+            [] => options::parse_presets_only("", &pctx)?,
+            [one] => options::parse_presets_only(one, &pctx)?,
+            _ => return Err(UrlError::Path("only one presets segment")),
+        }
+    } else {
+        options::parse_segments(decoded.iter().map(String::as_str), &pctx)?
+    };
+    Ok(ParsedRequest {
+        signer,
+        options,
+        source: Source::Upload(body_sha256),
     })
 }
 

@@ -42,7 +42,7 @@ fn bad_options_and_bad_images_fail_with_one_line() {
         (path_str(&src).to_string(), "bogus:1", "invalid-url (404)"),
         (
             path_str(&src).to_string(),
-            "trim:10",
+            "raw:1",
             "unsupported-option (404)",
         ),
         (

@@ -137,3 +137,34 @@ fn smart_crop_keeps_an_off_centre_subject() {
     let flat = solid([10, 20, 30]);
     assert_eq!(run(&flat, "rs:fill:4:8/g:sm"), run(&flat, "rs:fill:4:8"));
 }
+
+#[test]
+fn smart_gravity_of_crop_finds_the_subject_before_the_resize() {
+    let skin = |img: &RgbImage| {
+        img.pixels()
+            .filter(|p| u16::from(p[0]) > u16::from(p[2]) + 40)
+            .count()
+    };
+    for subject_x in [40u32, 950] {
+        let src = scene(subject_x);
+        // A 400x400 window of the 1200x600 source, then halved.
+        let smart = run(&src, "c:400:400:sm/rs:fit:200:200");
+        assert_eq!(smart.dimensions(), (200, 200));
+        // The subject is 200x200 in the source: 100x100 after halving, all inside.
+        assert!(
+            skin(&smart) > 90 * 90,
+            "subject at {subject_x}: {}",
+            skin(&smart)
+        );
+        assert_eq!(skin(&run(&src, "c:400:400/rs:fit:200:200")), 0);
+        // The main gravity `sm` applies to `crop` too when the crop names none.
+        assert_eq!(run(&src, "g:sm/c:400:400/rs:fit:200:200"), smart);
+    }
+    // A JPEG decoded at a reduced scale maps the window back to source coordinates.
+    let img = image::load_from_memory(&scene(950)).unwrap();
+    let mut jpeg = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut jpeg, image::ImageFormat::Jpeg).unwrap();
+    let small = run(jpeg.get_ref(), "c:400:400:sm/rs:fit:50:50");
+    assert_eq!(small.dimensions(), (50, 50));
+    assert!(skin(&small) > 20 * 20, "{}", skin(&small));
+}

@@ -151,7 +151,98 @@ const CASES: &[Case] = &[
         max: 12,
         why: SIMD,
     },
+    Case {
+        name: "padding_white",
+        source: "conformance/png/pngsuite/basn6a08.png",
+        options: "pd:6:10/bg:ffffff/f:png",
+        mean: 0.0,
+        max: 0,
+        why: "no resampling: exact",
+    },
+    Case {
+        name: "crop_aspect_ratio",
+        source: "photos/lomiri16_aitzgorri_by_Aitzol_Berasategi.jpg",
+        options: "c:0.6:0.6:nowe/car:2:1/rs:fit:200:0/f:png",
+        mean: 0.6,
+        max: 12,
+        why: SIMD,
+    },
+    Case {
+        name: "crop_smart",
+        source: "photos/lomiri16_friends_by_Aitzol_Berasategi.jpg",
+        options: "c:0.5:0.3:sm/rs:fit:200:200/f:png",
+        mean: 0.6,
+        max: 12,
+        why: SIMD,
+    },
+    Case {
+        name: "fill_smart",
+        source: "photos/lomiri16_sunset_by_Aitzol_Berasategi.jpg",
+        options: "rs:fill:160:200/g:sm/f:png",
+        mean: 0.6,
+        max: 12,
+        why: SIMD,
+    },
+    Case {
+        name: "pixelate_adjust",
+        source: "photos/lomiri16_Wine_by_Jakkub_Mede.jpg",
+        options: "rs:fit:160:160/pix:5/a:15:1.2:1.3/f:png",
+        mean: 0.6,
+        max: 12,
+        why: SIMD,
+    },
+    Case {
+        name: "monochrome",
+        source: "photos/lomiri16_Picture_0B_by_freespace.jpg",
+        options: "rs:fit:160:160/mc:0.9:ff9a40/f:png",
+        mean: 0.6,
+        max: 12,
+        why: SIMD,
+    },
+    Case {
+        name: "background_alpha",
+        source: "conformance/png/pngsuite/basn6a08.png",
+        options: "rs:fit:64:64/el:1/bg:0080ff/bga:0.4/pd:4/f:png",
+        mean: 0.3,
+        max: 4,
+        why: "premultiplied Lanczos on an RGBA source, then a translucent background",
+    },
+    Case {
+        name: "watermark_corner",
+        source: "photos/lomiri16_seeding_by_Clements_Engelhardt.jpg",
+        options: "rs:fit:200:200/wm:0.7:soea:8:8:0.3/f:png",
+        mean: 0.6,
+        max: 12,
+        why: SIMD,
+    },
+    Case {
+        name: "watermark_tiled",
+        source: "photos/lomiri16_seeding_by_Clements_Engelhardt.jpg",
+        options: "rs:fit:200:200/wm:0.5:re:6:6:0.15/f:png",
+        mean: 0.6,
+        max: 12,
+        why: SIMD,
+    },
 ];
+
+/// `trim` on a padded fixture (the fixtures have no bordered photo): the padding added by
+/// `padding_white`'s options is what trim removes.
+#[test]
+fn trim_removes_what_padding_added() {
+    let cfg = EngineConfig::default();
+    let src = read("conformance/png/pngsuite/basn6a08.png");
+    let padded = pixgate::transform(&src, "pd:6:10/bg:ffffff/f:png", &cfg).unwrap();
+    let trimmed = pixgate::transform(&padded.bytes, "t:0/f:png", &cfg).unwrap();
+    let flat = pixgate::transform(&src, "bg:ffffff/f:png", &cfg).unwrap();
+    let flat_trimmed = pixgate::transform(&flat.bytes, "t:0/f:png", &cfg).unwrap();
+    let (a, b) = (
+        decode(&trimmed.bytes).to_rgba8(),
+        decode(&flat_trimmed.bytes).to_rgba8(),
+    );
+    // A border of the border's own colour changes nothing: identical pixels.
+    assert_eq!(a, b);
+    assert!(a.width() >= 30 && a.height() >= 30, "{:?}", a.dimensions());
+}
 
 fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
@@ -160,7 +251,12 @@ fn golden_dir() -> PathBuf {
 #[test]
 fn golden_images_match_within_tolerance() {
     let bless = std::env::var_os("PIXGATE_BLESS").is_some();
-    let cfg = EngineConfig::default();
+    let mark =
+        pixgate::pixels::decode_watermark(&read("conformance/png/pngsuite/basn6a08.png")).unwrap();
+    let cfg = EngineConfig {
+        watermark: Some(std::sync::Arc::new(mark)),
+        ..EngineConfig::default()
+    };
     let mut failures = Vec::new();
     for c in CASES {
         let out = pixgate::transform(&read(c.source), c.options, &cfg)

@@ -43,7 +43,9 @@ impl Pixgate {
         let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let metrics_addr = metrics.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let state = std::sync::Arc::new(pixgate::handler::State::new(cfg).expect("policy loads"));
+        let mut state = pixgate::handler::State::new(cfg).expect("policy loads");
+        state.fetch_watermark().await.expect("watermark loads");
+        let state = std::sync::Arc::new(state);
         let done = tokio::spawn(pixgate::server::serve(
             listener,
             Some(metrics),
@@ -120,14 +122,34 @@ impl Reply {
 }
 
 pub async fn request(method: &str, url: &str, headers: &[(&str, &str)]) -> Reply {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    send(method, url, headers, Empty::<Bytes>::new()).await
+}
+
+/// `POST` with a body.
+pub async fn post(url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Reply {
+    send(
+        "POST",
+        url,
+        headers,
+        http_body_util::Full::new(Bytes::from(body)),
+    )
+    .await
+}
+
+async fn send<B>(method: &str, url: &str, headers: &[(&str, &str)], body: B) -> Reply
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let client = Client::builder(TokioExecutor::new()).build_http::<B>();
     let mut req = hyper::Request::builder().method(method).uri(url);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
     let resp = tokio::time::timeout(
         Duration::from_secs(60),
-        client.request(req.body(Empty::new()).unwrap()),
+        client.request(req.body(body).unwrap()),
     )
     .await
     .expect("pixgate answered within 60 s")

@@ -2,10 +2,12 @@
 //! against the shared fixtures and a real local origin.
 
 mod animation;
+mod autoquality;
 mod avif;
 mod cache;
 mod cli;
 mod color;
+mod composition;
 mod effects;
 mod formats;
 mod golden;
@@ -22,3 +24,4 @@ mod serve;
 mod stack;
 mod support;
 mod svg;
+mod upload;

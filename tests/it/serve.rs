@@ -99,7 +99,7 @@ async fn serves_the_bundled_samples_with_api_headers() {
         ),
         (
             "GET",
-            "/insecure/t:10/plain/local:///seeding.jpg",
+            "/insecure/eth:1/plain/local:///seeding.jpg",
             404,
             "unsupported-option",
         ),
