@@ -278,12 +278,13 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr)
         self::ms(s.map(|s| s.pixels.transform)),
         self::ms(s.map(|s| s.pixels.encode)),
     );
+    let encodes = s.map_or(0, |s| s.pixels.encodes);
     let cache = trace.cache.map_or("-", Outcome::header);
     macro_rules! line {
         ($level:ident) => {
             tracing::$level!(id = %request_id, %method, path = %shown, status, bytes, %ms, cache,
                 %policy_ms, %fetch_ms, %queue_ms, %decode_ms, %transform_ms, %encode_ms,
-                code, detail, "request")
+                encodes, code, detail, "request")
         };
     }
     if status >= 500 {

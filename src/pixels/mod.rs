@@ -210,6 +210,8 @@ pub struct Timings {
     pub decode: std::time::Duration,
     pub transform: std::time::Duration,
     pub encode: std::time::Duration,
+    /// Encoder runs (more than one with `mb` or `aq`).
+    pub encodes: u32,
 }
 
 /// A checked, planned transform, ready to run on the CPU.
@@ -648,8 +650,9 @@ impl Job {
             exif: exif.as_deref(),
         };
         let t = std::time::Instant::now();
-        let bytes = self.encode_within(&img, format, meta, &check)?;
+        let (bytes, encodes) = self.encode_within(&img, format, meta, &check)?;
         timings.encode = t.elapsed();
+        timings.encodes = encodes;
         Ok(Encoded {
             bytes,
             format,
@@ -669,15 +672,19 @@ impl Job {
         format: Format,
         meta: encode::Metadata<'_>,
         check: &dyn Fn() -> Result<(), PixelError>,
-    ) -> Result<Vec<u8>, PixelError> {
-        let encode = |q: u8| encode::encode(img, format, q, &self.encoder, meta);
+    ) -> Result<(Vec<u8>, u32), PixelError> {
+        let runs = std::cell::Cell::new(0u32);
+        let encode = |q: u8| {
+            runs.set(runs.get() + 1);
+            encode::encode(img, format, q, &self.encoder, meta)
+        };
         let (quality, first) = match self.autoquality.filter(|_| format == self.format) {
             Some(aq) => self.auto_quality(img, format, aq, &encode, check)?,
             None => (self.quality, encode(self.quality)?),
         };
         let limit = self.max_bytes;
         if limit == 0 || first.len() as u64 <= limit {
-            return Ok(first);
+            return Ok((first, runs.get()));
         }
         let lossy = format.has_quality()
             && !(format == Format::Webp && self.encoder.webp_mode == WebpMode::Lossless);
@@ -708,7 +715,8 @@ impl Job {
                 hi = q - 1;
             }
         }
-        best.ok_or(PixelError::MaxBytesUnreachable { smallest, limit })
+        best.map(|b| (b, runs.get()))
+            .ok_or(PixelError::MaxBytesUnreachable { smallest, limit })
     }
 
     /// `autoquality`: a bisection over [min, max] (at most [`AUTOQUALITY_ENCODES`]
@@ -880,6 +888,7 @@ impl Job {
         let t = std::time::Instant::now();
         let bytes = writer.finish()?;
         timings.encode += t.elapsed();
+        timings.encodes = 1;
         // Animations are encoded once: over `max_bytes` is refused, not retried.
         if self.max_bytes > 0 && bytes.len() as u64 > self.max_bytes {
             return Err(PixelError::MaxBytesUnreachable {
