@@ -9,10 +9,11 @@ CONTRACT
     req.key          API key: X-Api-Key header, "Authorization: Bearer K", or ?key=K
     req.ip           client address as text; X-Forwarded-For / X-Real-IP are believed
                      only from the addresses in the `trusted_proxies` setting
-    req.method       "GET", "HEAD" (later "POST" for /upload)
+    req.method       "GET", "HEAD", or "POST" for /upload (the image is the body)
     req.path         the URL path (no query string)
     req.source_host  host of the source URL (lower case); nil for local:// sources
-    req.source_url   the source URL
+                     and uploads
+    req.source_url   the source URL; nil for uploads
     req.format       output format when known: "jpg" "png" "webp" "avif" "gif" ...;
                      nil when it follows the source's own format
     req.width        requested output width/height in pixels (dpr applied);

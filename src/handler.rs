@@ -193,9 +193,9 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr)
             let work = upload(
                 &state,
                 &target["/upload".len()..],
+                &request_id,
                 &parts.headers,
                 body,
-                accept.as_deref(),
                 caller,
                 &mut trace,
             );
@@ -572,15 +572,16 @@ const UPLOAD_RESULT: &str = "/upload/result/";
 async fn upload(
     state: &Arc<State>,
     target: &str,
+    request_id: &str,
     headers: &hyper::HeaderMap,
     body: Incoming,
-    accept: Option<&str>,
     caller: Caller<'_>,
     trace: &mut Trace,
 ) -> Result<Response<Body>, Error> {
     let deadline = Instant::now() + state.config.request_timeout;
     let now = crate::now_unix();
     let c = &state.config;
+    let accept = headers.get(ACCEPT).and_then(|v| v.to_str().ok());
     let checked = url::parse_upload(target, String::new(), &state.url_context(now))
         .map_err(Error::from)
         .and_then(|parsed| {
@@ -633,7 +634,9 @@ async fn upload(
         );
         return Ok(resp);
     }
-    let id = crate::upload::result_id();
+    // The request id leads the path: nginx routes the upload by it and the result URL by
+    // the same segment, so the GET reaches the process that keeps the result.
+    let id = format!("{request_id}/{}", crate::upload::result_id());
     let ext = result.format.ext();
     let stored = SourceBytes::new(result.bytes.clone(), None, None);
     let (_, _) = state
@@ -664,8 +667,8 @@ async fn upload(
     Ok(resp)
 }
 
-/// `GET /upload/result/{id}.{ext}`: an uploaded result while the source cache keeps it
-/// (at most `source_cache_ttl`, one hour at most; sooner under memory pressure).
+/// `GET /upload/result/{request id}/{id}.{ext}`: an uploaded result while the source cache
+/// keeps it (at most `source_cache_ttl`, one hour at most; sooner under memory pressure).
 async fn uploaded_result(state: &Arc<State>, name: &str) -> Result<Response<Body>, Error> {
     let id = name.split_once('.').map_or(name, |(id, _)| id);
     if !crate::upload::valid_id(id) {

@@ -159,10 +159,17 @@ pub fn result_key(id: &str) -> String {
     format!("upload-result:{id}")
 }
 
-/// Whether an id from a URL has the shape `result_id` makes.
+/// Whether `{request id}/{random}` from a URL has the shape the upload handler makes.
 pub fn valid_id(id: &str) -> bool {
-    id.len() == 32
-        && id
+    let Some((route, random)) = id.split_once('/') else {
+        return false;
+    };
+    (1..=64).contains(&route.len())
+        && route
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && random.len() == 32
+        && random
             .bytes()
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }

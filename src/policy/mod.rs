@@ -250,7 +250,7 @@ pub fn canned_requests() -> Vec<PolicyRequest> {
         },
         PolicyRequest {
             method: "POST".into(),
-            path: "/upload/rs:fit:100:100".into(),
+            path: "/upload/insecure/rs:fit:100:100".into(),
             source_host: None,
             source_url: None,
             width: Some(100),

@@ -182,12 +182,15 @@ async fn json_answer_points_to_a_short_lived_result() {
     assert_eq!(decode(&img.body).height(), 200);
     // Ids are unguessable and unknown ones are simply not found.
     assert_eq!(
-        px.get("/upload/result/00000000000000000000000000000000.avif")
+        px.get("/upload/result/abc/00000000000000000000000000000000.avif")
             .await
             .status,
         404
     );
     assert_eq!(px.get("/upload/result/../../etc/passwd").await.status, 404);
+    // The id alone (without the routing segment) is not enough either.
+    let bare = format!("/upload/result/{}", url.rsplit('/').next().unwrap());
+    assert_eq!(px.get(&bare).await.status, 404);
     // Two uploads of the same image get different result URLs.
     let again = post(
         &px.url("/upload/insecure/rs:fit:200:200/f:avif"),
