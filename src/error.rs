@@ -283,10 +283,35 @@ mod tests {
                 "internal-error",
             ),
             (Error::Timeout, 503, "request-timeout"),
+            (Error::BodyTooLarge(10), 413, "body-too-large"),
+            (Error::BadUpload("x".into()), 400, "bad-upload"),
+            (
+                PixelError::TooManyFrames {
+                    frames: 9,
+                    limit: 1,
+                }
+                .into(),
+                422,
+                "too-many-frames",
+            ),
+            (
+                PixelError::MaxBytesUnreachable {
+                    smallest: 9,
+                    limit: 1,
+                }
+                .into(),
+                422,
+                "max-bytes-unreachable",
+            ),
         ];
         for (e, status, code) in cases {
             assert_eq!((e.status(), e.code()), (status, code), "{e:?}");
-            assert!(!e.public_message().is_empty());
+            // A client's own mistake is explained, never "Internal error".
+            let message = e.public_message();
+            assert!(
+                !message.is_empty() && (status >= 500 || message != "Internal error"),
+                "{code}: {message}"
+            );
         }
         assert_eq!(Error::from(GateError::QueueFull).retry_after(), Some(1));
         assert_eq!(Error::from(OriginError::NotAllowed).retry_after(), None);

@@ -341,3 +341,39 @@ async fn uploads_are_signed_and_seen_by_the_policy_as_post() {
     assert_eq!(v["error"]["message"], "uploads up to 100 px: nil");
     px.stop().await;
 }
+
+/// Every manifest file uploaded gets the outcome the engine test expects of it: the same
+/// checks guard bodies and fetched sources (never a 5xx, never a hang).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_manifest_file_uploaded_gets_its_expected_status() {
+    use crate::manifest::{Expect, expectation};
+    let px = Pixgate::start(test_config()).await;
+    let mut failures = Vec::new();
+    let rows = crate::support::manifest();
+    for row in &rows {
+        let bytes = read(&row.path);
+        let is_svg = pixgate::pixels::probe::sniff(&bytes) == Some(pixgate::Format::Svg);
+        let path = if is_svg {
+            "/upload/insecure/rs:fit:256:256/f:png"
+        } else {
+            "/upload/insecure/rs:fit:256:256"
+        };
+        let r = post(&px.url(path), &[], bytes).await;
+        let ok = match (r.status, expectation(row)) {
+            (200, Expect::Decode | Expect::Either) => true,
+            (400..=499, Expect::Reject | Expect::Either) => !r.code().is_empty(),
+            _ => false,
+        };
+        if !ok {
+            failures.push(format!("{}: {} {}", row.path, r.status, r.code()));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {}:\n{}",
+        failures.len(),
+        rows.len(),
+        failures.join("\n")
+    );
+    px.stop().await;
+}
