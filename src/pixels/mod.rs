@@ -423,6 +423,12 @@ pub fn prepare(src: &[u8], o: &Options, cfg: &EngineConfig) -> Result<Job, Pixel
         format = small_avif_fallback(&info, o.background);
         plan = plan::build(o, &geometry, &limits, format)?;
     }
+    if animate {
+        // Frames positioned one by one would make the window jump between frames; an
+        // animation keeps the centred crop.
+        plan.smart_crop = false;
+        plan.crop_smart = false;
+    }
     // Trim needs every source pixel, and is for stills (as in imgproxy); a vector has
     // no border to find before it is drawn at a size.
     let trim = o

@@ -326,31 +326,50 @@ pub fn flatten(img: DynamicImage, fill: Fill) -> DynamicImage {
 /// top-left pixel; transparency counts as magenta (FF00FF), as in imgproxy. `None` when the
 /// whole image is border (nothing to keep, so nothing is trimmed).
 pub fn find_trim(img: &DynamicImage, t: &Trim) -> Option<Rect> {
-    let rgba = img.to_rgba8();
-    let (w, h) = rgba.dimensions();
+    // The common layouts are read in place: a full-size decode is already the largest
+    // buffer of the request, an RGBA copy of it would be a third more.
+    match img {
+        DynamicImage::ImageRgb8(b) => trim_box(b.width(), b.height(), t, |x, y| {
+            let p = b.get_pixel(x, y);
+            [p[0], p[1], p[2], 255]
+        }),
+        DynamicImage::ImageRgba8(b) => {
+            trim_box(b.width(), b.height(), t, |x, y| b.get_pixel(x, y).0)
+        }
+        DynamicImage::ImageLuma8(b) => trim_box(b.width(), b.height(), t, |x, y| {
+            let v = b.get_pixel(x, y)[0];
+            [v, v, v, 255]
+        }),
+        other => {
+            let b = other.to_rgba8();
+            trim_box(b.width(), b.height(), t, |x, y| b.get_pixel(x, y).0)
+        }
+    }
+}
+
+fn trim_box(w: u32, h: u32, t: &Trim, pixel: impl Fn(u32, u32) -> [u8; 4]) -> Option<Rect> {
     if w == 0 || h == 0 {
         return None;
     }
-    let flat = |p: &Rgba<u8>| -> [i32; 3] {
+    let flat = |p: [u8; 4]| -> [i32; 3] {
         let a = i32::from(p[3]);
         let m = [255, 0, 255];
         std::array::from_fn(|c| (i32::from(p[c]) * a + m[c] * (255 - a) + 127) / 255)
     };
     let bg = match t.color {
         Some(c) => [i32::from(c.0), i32::from(c.1), i32::from(c.2)],
-        None => flat(rgba.get_pixel(0, 0)),
+        None => flat(pixel(0, 0)),
     };
     let (mut left, mut right, mut top, mut bottom) = (w, 0u32, h, 0u32);
-    for (y, row) in rgba.rows().enumerate() {
-        let y = y as u32;
+    for y in 0..h {
         let mut first = None;
         let mut last = 0;
-        for (x, p) in row.enumerate() {
-            let v = flat(p);
+        for x in 0..w {
+            let v = flat(pixel(x, y));
             let diff = (0..3).map(|c| (v[c] - bg[c]).abs()).max().unwrap_or(0);
             if f64::from(diff) > t.threshold {
-                first.get_or_insert(x as u32);
-                last = x as u32;
+                first.get_or_insert(x);
+                last = x;
             }
         }
         if let Some(f) = first {
@@ -383,7 +402,13 @@ pub fn find_trim(img: &DynamicImage, t: &Trim) -> Option<Rect> {
 /// A watermark scaled and faded for one result size, with where it goes.
 pub struct PlacedWatermark {
     mark: image::RgbaImage,
-    spots: Vec<(i64, i64)>,
+    layout: Layout,
+}
+
+/// One mark at a position, or a grid of them (`re`) with this pitch.
+enum Layout {
+    Single(i64, i64),
+    Tiled { step_x: u32, step_y: u32 },
 }
 
 /// Where and how a watermark is drawn (`wm` after the server's opacity is applied).
@@ -445,7 +470,7 @@ impl PlacedWatermark {
                 p[3] = (f64::from(p[3]) * opacity).round() as u8;
             }
         }
-        let spots = if spec.position == GravityType::Replicate {
+        let layout = if spec.position == GravityType::Replicate {
             // Offsets are the gaps between tiles.
             let gap = |v: f64, size: u32| -> u32 {
                 let px = if v.abs() >= 1.0 {
@@ -453,16 +478,12 @@ impl PlacedWatermark {
                 } else {
                     v * f64::from(size)
                 };
-                px.round().max(0.0) as u32
+                px.round().clamp(0.0, f64::from(size)) as u32
             };
-            let (sx, sy) = (tw + gap(spec.x, width), th + gap(spec.y, height));
-            let mut spots = Vec::new();
-            for y in (0..height).step_by(sy as usize) {
-                for x in (0..width).step_by(sx as usize) {
-                    spots.push((i64::from(x), i64::from(y)));
-                }
+            Layout::Tiled {
+                step_x: tw + gap(spec.x, width),
+                step_y: th + gap(spec.y, height),
             }
-            spots
         } else {
             let g = Gravity {
                 kind: spec.position,
@@ -470,9 +491,9 @@ impl PlacedWatermark {
                 y: spec.y,
             };
             let (x, y) = crate::plan::position(width, height, tw, th, &g, dpr);
-            vec![(i64::from(x), i64::from(y))]
+            Layout::Single(i64::from(x), i64::from(y))
         };
-        Ok(PlacedWatermark { mark, spots })
+        Ok(PlacedWatermark { mark, layout })
     }
 
     /// Draws the watermark over `img` ("over" compositing; the image keeps its layout
@@ -482,21 +503,38 @@ impl PlacedWatermark {
         let gray =
             !img.color().has_color() && self.mark.pixels().all(|p| p[0] == p[1] && p[1] == p[2]);
         let mut out = img.into_rgba8();
-        let (w, h) = (i64::from(out.width()), i64::from(out.height()));
-        for &(sx, sy) in &self.spots {
-            for (mx, my, m) in self.mark.enumerate_pixels() {
-                let (x, y) = (sx + i64::from(mx), sy + i64::from(my));
-                if m[3] == 0 || x >= w || y >= h {
-                    continue;
+        let (w, h) = out.dimensions();
+        let (mw, mh) = self.mark.dimensions();
+        let over = |d: &mut Rgba<u8>, m: &Rgba<u8>| {
+            if m[3] == 0 {
+                return;
+            }
+            let (ma, da) = (f64::from(m[3]) / 255.0, f64::from(d[3]) / 255.0);
+            let oa = ma + da * (1.0 - ma);
+            for c in 0..3 {
+                let v = (f64::from(m[c]) * ma + f64::from(d[c]) * da * (1.0 - ma)) / oa;
+                d[c] = v.round() as u8;
+            }
+            d[3] = (oa * 255.0).round() as u8;
+        };
+        match self.layout {
+            Layout::Single(sx, sy) => {
+                for (mx, my, m) in self.mark.enumerate_pixels() {
+                    let (x, y) = (sx + i64::from(mx), sy + i64::from(my));
+                    if (0..i64::from(w)).contains(&x) && (0..i64::from(h)).contains(&y) {
+                        over(out.get_pixel_mut(x as u32, y as u32), m);
+                    }
                 }
-                let d = out.get_pixel_mut(x as u32, y as u32);
-                let (ma, da) = (f64::from(m[3]) / 255.0, f64::from(d[3]) / 255.0);
-                let oa = ma + da * (1.0 - ma);
-                for c in 0..3 {
-                    let v = (f64::from(m[c]) * ma + f64::from(d[c]) * da * (1.0 - ma)) / oa;
-                    d[c] = v.round() as u8;
+            }
+            // Every image pixel once, whatever the tile size: the work is bounded by the
+            // result, never by how small the mark was scaled.
+            Layout::Tiled { step_x, step_y } => {
+                for (x, y, d) in out.enumerate_pixels_mut() {
+                    let (mx, my) = (x % step_x, y % step_y);
+                    if mx < mw && my < mh {
+                        over(d, self.mark.get_pixel(mx, my));
+                    }
                 }
-                d[3] = (oa * 255.0).round() as u8;
             }
         }
         in_layout(out, had_alpha, gray)

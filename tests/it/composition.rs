@@ -233,6 +233,10 @@ fn watermark_position_opacity_scale_and_tiling() {
             "{x},{y}"
         );
     }
+    // A tiny tile costs no more than a big one: work is per result pixel.
+    let tiny = run_with(&white(300, 200), "wm:1:re:0:0:0.001", &cfg);
+    assert_eq!(tiny.get_pixel(0, 0)[2], 255);
+    assert!(tiny.get_pixel(0, 0)[0] < 255, "1-px tiles everywhere");
     // A mark larger than the result is shrunk to fit it.
     let small = run_with(&white(20, 20), "wm:1", &cfg);
     // (Centred as gravity centres: (20 - 10 + 1) / 2 rounded to even.)

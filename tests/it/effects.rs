@@ -160,6 +160,12 @@ fn smart_gravity_of_crop_finds_the_subject_before_the_resize() {
         // The main gravity `sm` applies to `crop` too when the crop names none.
         assert_eq!(run(&src, "g:sm/c:400:400/rs:fit:200:200"), smart);
     }
+    // Animations keep the centred crops: a window per frame would jump.
+    let gif = crate::support::read("hostile/gif_300_frames_400x400_fullframe.gif");
+    let cfg = EngineConfig::default();
+    let smart = pixgate::transform(&gif, "rs:fill:60:30/g:sm/c:200:200:sm/maf:400", &cfg).unwrap();
+    let centred = pixgate::transform(&gif, "rs:fill:60:30/c:200:200/maf:400", &cfg).unwrap();
+    assert_eq!(smart.bytes, centred.bytes);
     // A JPEG decoded at a reduced scale maps the window back to source coordinates.
     let img = image::load_from_memory(&scene(950)).unwrap();
     let mut jpeg = std::io::Cursor::new(Vec::new());
