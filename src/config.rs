@@ -102,6 +102,8 @@ pub struct RawConfig {
     pub watermark_data: String,
     #[serde(deserialize_with = "string_like")]
     pub watermark_url: String,
+    /// Bytes of `/upload` bodies held in memory at once (uploads over it: 503).
+    pub upload_buffer_size: u64,
     /// Multiplies every `wm` opacity (0..=1).
     pub watermark_opacity: f64,
     /// `autoquality` when the URL has none: `none`, `dssim` (the default target below) or
@@ -200,6 +202,7 @@ impl Default for RawConfig {
             watermark_data: String::new(),
             watermark_url: String::new(),
             watermark_opacity: 1.0,
+            upload_buffer_size: 256 * 1024 * 1024,
             autoquality_method: "none".into(),
             autoquality_target: crate::pixels::DEFAULT_AUTOQUALITY_TARGET,
             autoquality_min_quality: 40,

@@ -36,6 +36,9 @@ pub enum Error {
     /// An upload that is not a usable body (malformed multipart, no `file` part, cut off).
     #[error("bad upload: {0}")]
     BadUpload(String),
+    /// A JSON upload whose result the upload store could not keep (larger than the store).
+    #[error("the upload result is too large to keep for its URL")]
+    UploadNotKept,
     /// The policy refused the request with its own status and client-facing reason.
     #[error("refused by the policy ({status}): {reason}")]
     Denied {
@@ -80,6 +83,7 @@ impl Error {
             Error::NotFound => 404,
             Error::BodyTooLarge(_) => 413,
             Error::BadUpload(_) => 400,
+            Error::UploadNotKept => 507,
             Error::Denied { status, .. } => *status,
             Error::Limited(_) => 429,
             Error::PolicyFailed(_) => 503,
@@ -135,6 +139,7 @@ impl Error {
             Error::NotFound => "not-found",
             Error::BodyTooLarge(_) => "body-too-large",
             Error::BadUpload(_) => "bad-upload",
+            Error::UploadNotKept => "upload-not-kept",
             Error::Denied { .. } => "policy-denied",
             Error::Limited(_) => "rate-limited",
             Error::PolicyFailed(_) => "policy-error",
@@ -174,6 +179,7 @@ impl Error {
             "request-timeout" => "Timeout",
             "not-found" => "Not found",
             "body-too-large" => "The uploaded image is too large",
+            "upload-not-kept" => "The result is too large to keep; ask for the image itself",
             "bad-upload" => {
                 "The upload is malformed: send the image as the body or as the `file` part of a form"
             }

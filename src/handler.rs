@@ -33,6 +33,12 @@ pub struct State {
     pub results: Store<[u8; 32], CachedResult>,
     /// Fetched sources by URL.
     pub sources: Store<String, SourceBytes>,
+    /// Results of JSON uploads behind their short-lived URLs (same capacity and lifetime
+    /// as the source cache: the source tier).
+    pub uploads: Store<String, SourceBytes>,
+    /// Bytes of upload bodies held at once, in KiB: uploads are read before the CPU gate,
+    /// so this is their back-pressure (503 when full).
+    upload_budget: Arc<tokio::sync::Semaphore>,
     /// The operator's Lua policy; `None` allows everything.
     pub policy: Option<Arc<Policy>>,
     pub metrics: Metrics,
@@ -58,6 +64,10 @@ impl State {
                 c.raw.cache_max_entry_fraction,
             ),
             sources: Store::new(c.raw.source_cache_size, c.source_cache_ttl, None, 0.5),
+            uploads: Store::new(c.raw.source_cache_size, c.source_cache_ttl, None, 1.0),
+            upload_budget: Arc::new(tokio::sync::Semaphore::new(
+                kib(c.raw.upload_buffer_size) as usize
+            )),
             config,
         })
     }
@@ -101,6 +111,12 @@ impl State {
                     &self.sources.stats,
                     self.sources.weighted_size(),
                     self.sources.entry_count(),
+                ),
+                (
+                    "upload",
+                    &self.uploads.stats,
+                    self.uploads.weighted_size(),
+                    self.uploads.entry_count(),
                 ),
             ],
             policy: self.policy.as_deref(),
@@ -562,6 +578,11 @@ struct Processed {
     height: u32,
 }
 
+/// Bytes → KiB, rounded up, as semaphore permits.
+fn kib(bytes: u64) -> u32 {
+    bytes.div_ceil(1024).min(u64::from(u32::MAX >> 4)) as u32
+}
+
 /// Path prefix of the short-lived URLs of uploaded results.
 const UPLOAD_RESULT: &str = "/upload/result/";
 
@@ -608,11 +629,27 @@ async fn upload(
             return Err(e);
         }
     };
-    let limit = parsed
-        .options
-        .security
-        .max_src_file_size
-        .map_or(c.raw.max_src_file_size, |m| m.min(c.raw.max_src_file_size));
+    // 0 means no limit here as everywhere else.
+    let no_zero = |v: u64| if v == 0 { u64::MAX } else { v };
+    let limit = no_zero(c.raw.max_src_file_size).min(
+        parsed
+            .options
+            .security
+            .max_src_file_size
+            .map_or(u64::MAX, no_zero),
+    );
+    // Room for the body before reading it: what it declares, else the limit, never more
+    // than the whole budget (a single upload that large still goes through alone).
+    let declared = headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let total = kib(c.raw.upload_buffer_size);
+    let want = kib(declared.unwrap_or(limit).min(limit)).clamp(1, total.max(1));
+    let Ok(_room) = state.upload_budget.clone().try_acquire_many_owned(want) else {
+        crate::upload::linger(body).await;
+        return Err(crate::cpu::GateError::QueueFull.into());
+    };
     let read_start = Instant::now();
     let bytes = crate::upload::read_body(headers, body, limit).await?;
     let src = SourceBytes::new(bytes, None, None);
@@ -634,15 +671,26 @@ async fn upload(
         );
         return Ok(resp);
     }
-    // The request id leads the path: nginx routes the upload by it and the result URL by
-    // the same segment, so the GET reaches the process that keeps the result.
-    let id = format!("{request_id}/{}", crate::upload::result_id());
+    // The routing segment leads the path: nginx routes the upload by it (X-Upload-Route,
+    // its own request id) and the result URL by the same segment, so the GET reaches the
+    // process that keeps the result. Without nginx, the request id serves.
+    let route = headers
+        .get("x-upload-route")
+        .and_then(|v| v.to_str().ok())
+        .filter(|r| crate::upload::valid_route(r))
+        .unwrap_or(request_id);
+    let id = format!("{route}/{}", crate::upload::result_id());
     let ext = result.format.ext();
     let stored = SourceBytes::new(result.bytes.clone(), None, None);
+    let key = crate::upload::result_key(&id);
     let (_, _) = state
-        .sources
-        .get_or_fill(crate::upload::result_key(&id), async move { Ok(stored) })
+        .uploads
+        .get_or_fill(key.clone(), async move { Ok(stored) })
         .await;
+    if state.uploads.get(&key).await.is_none() {
+        // Too large for the tier (or a tier of size 0): a URL that would 404 is no answer.
+        return Err(Error::UploadNotKept);
+    }
     let doc = serde_json::json!({
         "input": {
             "format": facts.input.format.ext(),
@@ -675,7 +723,7 @@ async fn uploaded_result(state: &Arc<State>, name: &str) -> Result<Response<Body
         return Err(Error::NotFound);
     }
     let stored = state
-        .sources
+        .uploads
         .get(&crate::upload::result_key(id))
         .await
         .ok_or(Error::NotFound)?;

@@ -90,7 +90,7 @@ impl Stage {
 /// Counters read from the parts that keep their own, at scrape time.
 pub struct Sources<'a> {
     pub gate: &'a GateStats,
-    pub caches: [(&'static str, &'a CacheStats, u64, u64); 2],
+    pub caches: [(&'static str, &'a CacheStats, u64, u64); 3],
     pub policy: Option<&'a crate::policy::Policy>,
 }
 

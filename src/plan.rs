@@ -231,7 +231,12 @@ pub fn position(
                 scale_to_even(size, v)
             }
         };
-        let (ox, oy) = (off(g.x, outer_w), off(g.y, outer_h));
+        // Offsets past the whole box only clamp below; bounding them first keeps the
+        // arithmetic from overflowing on absurd values (`wm:1:ea:-1e300`).
+        let (ox, oy) = (
+            off(g.x, outer_w).clamp(-(ow + iw), ow + iw),
+            off(g.y, outer_h).clamp(-(oh + ih), oh + ih),
+        );
         // Go's integer division truncates toward zero; `(ow - iw + 1) / 2` is never negative
         // here except when the inner box is larger, where clamping below fixes it anyway.
         left = round_to_even((ow - iw + 1) as f64 / 2.0) + ox;

@@ -415,3 +415,17 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn absurd_offsets_clamp_instead_of_overflowing() {
+    for (kind, x) in [
+        (GravityType::East, -1e300),
+        (GravityType::Center, 1e300),
+        (GravityType::West, f64::MAX),
+        (GravityType::SouthEast, f64::MIN),
+    ] {
+        let g = Gravity { kind, x, y: x };
+        let (px, py) = position(100, 50, 10, 10, &g, 3.0);
+        assert!(px <= 90 && py <= 40, "{kind:?} {x}: {px},{py}");
+    }
+}

@@ -159,15 +159,20 @@ pub fn result_key(id: &str) -> String {
     format!("upload-result:{id}")
 }
 
-/// Whether `{request id}/{random}` from a URL has the shape the upload handler makes.
-pub fn valid_id(id: &str) -> bool {
-    let Some((route, random)) = id.split_once('/') else {
-        return false;
-    };
+/// Whether a routing segment has the shape of a request id (`[A-Za-z0-9_-]{1,64}`).
+pub fn valid_route(route: &str) -> bool {
     (1..=64).contains(&route.len())
         && route
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Whether `{route}/{random}` from a URL has the shape the upload handler makes.
+pub fn valid_id(id: &str) -> bool {
+    let Some((route, random)) = id.split_once('/') else {
+        return false;
+    };
+    valid_route(route)
         && random.len() == 32
         && random
             .bytes()

@@ -491,6 +491,14 @@ pub fn prepare(src: &[u8], o: &Options, cfg: &EngineConfig) -> Result<Job, Pixel
     })
 }
 
+/// Whether the encoder's output depends on the quality setting (TIFF is written
+/// uncompressed here, WebP may be configured lossless).
+fn quality_matters(format: Format, encoder: &EncoderConfig) -> bool {
+    format.has_quality()
+        && format != Format::Tiff
+        && !(format == Format::Webp && encoder.webp_mode == WebpMode::Lossless)
+}
+
 /// libaom refuses (or mangles) tiny frames; imgproxy falls back the same way.
 fn small_avif_fallback(
     info: &SourceInfo,
@@ -507,9 +515,7 @@ fn small_avif_fallback(
 /// `None` for formats without a quality setting.
 fn resolve_autoquality(o: &Options, format: Format, cfg: &EngineConfig) -> Option<AutoQuality> {
     let d = &cfg.autoquality;
-    let lossy = format.has_quality()
-        && !(format == Format::Webp && cfg.encoder.webp_mode == WebpMode::Lossless);
-    if !lossy {
+    if !quality_matters(format, &cfg.encoder) {
         return None;
     }
     let (method, target, min, max, err) = match &o.autoquality {
@@ -625,18 +631,20 @@ impl Job {
         );
         let fill = self.fill(format);
         let img = ops::apply(image, &plan, scale, fill)?;
+        // Colour conversion after the resize: the same result for these smooth transfer
+        // functions at a fraction of the pixels (libvips' thumbnail does the same).
+        let (img, icc) = match decoded.icc {
+            Some(p) if !self.keep_icc => (color::rgb_to_srgb(&img, &p).unwrap_or(img), None),
+            other => (img, other),
+        };
+        // The mark is sRGB: drawn once the pixels are (with `scp:0` and a kept profile it
+        // is drawn in the source's space, a shift only wide-gamut marks would show).
         let img = match &self.watermark {
             Some((mark, spec)) => {
                 ops::PlacedWatermark::new(mark, spec, img.width(), img.height(), plan.dpr)?
                     .apply(img)
             }
             None => img,
-        };
-        // Colour conversion after the resize: the same result for these smooth transfer
-        // functions at a fraction of the pixels (libvips' thumbnail does the same).
-        let (img, icc) = match decoded.icc {
-            Some(p) if !self.keep_icc => (color::rgb_to_srgb(&img, &p).unwrap_or(img), None),
-            other => (img, other),
         };
         timings.transform = t.elapsed();
         check()?;
@@ -692,9 +700,7 @@ impl Job {
         if limit == 0 || first.len() as u64 <= limit {
             return Ok((first, runs.get()));
         }
-        let lossy = format.has_quality()
-            && !(format == Format::Webp && self.encoder.webp_mode == WebpMode::Lossless);
-        if !lossy {
+        if !quality_matters(format, &self.encoder) {
             return Err(PixelError::MaxBytesUnreachable {
                 smallest: first.len() as u64,
                 limit,
@@ -741,17 +747,23 @@ impl Job {
         // `good(q)` is monotone in q: false below some quality, true from it on. Wanted is
         // the lowest good quality for DSSIM; for size, "good" means over the budget and the
         // answer is the highest quality below the first good one.
+        let reference =
+            matches!(aq, AutoQuality::Dssim { .. }).then(|| quality::Reference::new(img));
         let good = |bytes: &[u8]| -> Result<(bool, bool), PixelError> {
-            Ok(match aq {
-                AutoQuality::Dssim {
-                    target,
-                    allowed_error,
-                    ..
-                } => {
-                    let d = quality::dssim(img, &self.decode_result(bytes, format)?);
+            Ok(match (aq, &reference) {
+                (
+                    AutoQuality::Dssim {
+                        target,
+                        allowed_error,
+                        ..
+                    },
+                    Some(reference),
+                ) => {
+                    let d = reference.dssim(&self.decode_result(bytes, format)?);
                     (d <= target, d <= target && target - d <= allowed_error)
                 }
-                AutoQuality::Size { bytes: limit, .. } => (bytes.len() as u64 > limit, false),
+                (AutoQuality::Size { bytes: limit, .. }, _) => (bytes.len() as u64 > limit, false),
+                (AutoQuality::Dssim { .. }, None) => (true, true),
             })
         };
         let (mut lo, mut hi) = (min, max);

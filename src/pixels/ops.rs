@@ -400,8 +400,11 @@ fn trim_box(w: u32, h: u32, t: &Trim, pixel: impl Fn(u32, u32) -> [u8; 4]) -> Op
 }
 
 /// A watermark scaled and faded for one result size, with where it goes.
-pub struct PlacedWatermark {
-    mark: image::RgbaImage,
+pub struct PlacedWatermark<'a> {
+    /// Borrowed when drawn at its own size: no copy of the configured image per request.
+    mark: std::borrow::Cow<'a, image::RgbaImage>,
+    /// Applied while compositing, for the same reason.
+    opacity: f64,
     layout: Layout,
 }
 
@@ -422,17 +425,17 @@ pub struct WatermarkSpec {
     pub scale: f64,
 }
 
-impl PlacedWatermark {
+impl<'a> PlacedWatermark<'a> {
     /// Scales the watermark (to `scale` of the result, and never larger than it), fades it
     /// by the opacity and lays out its positions (one, or a grid for `re`). `dpr` scales
     /// pixel offsets as it does for gravity.
     pub fn new(
-        wm: &image::RgbaImage,
+        wm: &'a image::RgbaImage,
         spec: &WatermarkSpec,
         width: u32,
         height: u32,
         dpr: f64,
-    ) -> Result<PlacedWatermark, OpsError> {
+    ) -> Result<PlacedWatermark<'a>, OpsError> {
         let (ww, wh) = (f64::from(wm.width().max(1)), f64::from(wm.height().max(1)));
         let (bw, bh) = if spec.scale > 0.0 {
             (
@@ -450,26 +453,20 @@ impl PlacedWatermark {
             ((ww * k).round() as u32).max(1),
             ((wh * k).round() as u32).max(1),
         );
-        let mut mark = if (tw, th) == wm.dimensions() {
-            wm.clone()
+        let mark = if (tw, th) == wm.dimensions() {
+            std::borrow::Cow::Borrowed(wm)
         } else {
-            let src = DynamicImage::ImageRgba8(wm.clone());
-            let mut dst = DynamicImage::new_rgba8(tw, th);
+            let mut dst = image::RgbaImage::new(tw, th);
             Resizer::new()
                 .resize(
-                    &src,
+                    wm,
                     &mut dst,
                     &ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3)),
                 )
                 .map_err(|e| OpsError::Resize(e.to_string()))?;
-            dst.into_rgba8()
+            std::borrow::Cow::Owned(dst)
         };
         let opacity = spec.opacity.clamp(0.0, 1.0);
-        if opacity < 1.0 {
-            for p in mark.pixels_mut() {
-                p[3] = (f64::from(p[3]) * opacity).round() as u8;
-            }
-        }
         let layout = if spec.position == GravityType::Replicate {
             // Offsets are the gaps between tiles.
             let gap = |v: f64, size: u32| -> u32 {
@@ -493,7 +490,11 @@ impl PlacedWatermark {
             let (x, y) = crate::plan::position(width, height, tw, th, &g, dpr);
             Layout::Single(i64::from(x), i64::from(y))
         };
-        Ok(PlacedWatermark { mark, layout })
+        Ok(PlacedWatermark {
+            mark,
+            opacity,
+            layout,
+        })
     }
 
     /// Draws the watermark over `img` ("over" compositing; the image keeps its layout
@@ -505,11 +506,14 @@ impl PlacedWatermark {
         let mut out = img.into_rgba8();
         let (w, h) = out.dimensions();
         let (mw, mh) = self.mark.dimensions();
+        let opacity = self.opacity;
         let over = |d: &mut Rgba<u8>, m: &Rgba<u8>| {
-            if m[3] == 0 {
+            // The mark's alpha as an 8-bit value after the opacity, as if stored so.
+            let ma = (f64::from(m[3]) * opacity).round() / 255.0;
+            if ma == 0.0 {
                 return;
             }
-            let (ma, da) = (f64::from(m[3]) / 255.0, f64::from(d[3]) / 255.0);
+            let da = f64::from(d[3]) / 255.0;
             let oa = ma + da * (1.0 - ma);
             for c in 0..3 {
                 let v = (f64::from(m[c]) * ma + f64::from(d[c]) * da * (1.0 - ma)) / oa;

@@ -58,6 +58,10 @@ fn quality_range_bounds_the_choice() {
         encode(&src, "rs:fit:300:300/f:jpg/aq:dssim:0.9:30:60", &cfg),
         encode(&src, "rs:fit:300:300/f:jpg/q:30", &cfg)
     );
+    // TIFF is written without a quality: one encode, as without `aq`.
+    let tiff = pixgate::transform(&src, "rs:fit:100:100/f:tiff/aq:dssim", &cfg).unwrap();
+    assert_eq!(tiff.timings.encodes, 1);
+    assert_eq!(tiff.bytes, encode(&src, "rs:fit:100:100/f:tiff", &cfg));
     // Lossless outputs have no quality to choose: unchanged.
     assert_eq!(
         encode(&src, "rs:fit:100:100/f:png/aq:dssim", &cfg),

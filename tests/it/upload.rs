@@ -377,3 +377,59 @@ async fn every_manifest_file_uploaded_gets_its_expected_status() {
     );
     px.stop().await;
 }
+
+/// Upload bodies wait in memory before the CPU gate, so their bytes are budgeted: over the
+/// budget, 503 at once; `max_src_file_size = 0` means no limit, as for sources; a JSON
+/// result the upload store cannot keep is an error, not a dead URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_memory_is_budgeted_and_results_are_kept_or_refused() {
+    let small = read("conformance/png/pngsuite/basn2c08.png");
+    let px = Pixgate::start(pixgate::config::RawConfig {
+        upload_buffer_size: 64 * 1024,
+        max_src_file_size: 0,
+        source_cache_size: 2_000,
+        ..test_config()
+    })
+    .await;
+    let url = px.url("/upload/insecure/rs:fit:8:8/f:png");
+    assert_eq!(post(&url, &[], small.clone()).await.status, 200, "no limit");
+    // A held upload (declared 1 MB, 10 bytes sent) takes the whole budget; others are
+    // refused until it goes away. Observed, not timed: poll until the hold is in place.
+    let mut held = std::net::TcpStream::connect(px.addr).unwrap();
+    held.write_all(
+        b"POST /upload/insecure/rs:fit:8 HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n0123456789",
+    )
+    .unwrap();
+    let mut refused = None;
+    for _ in 0..200 {
+        let r = post(&url, &[], small.clone()).await;
+        if r.status == 503 {
+            refused = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 200);
+    }
+    let refused = refused.expect("the held upload fills the budget");
+    assert_eq!(refused.code(), "queue-full");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    drop(held);
+    let mut ok = false;
+    for _ in 0..200 {
+        if post(&url, &[], small.clone()).await.status == 200 {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "the budget comes back when the held upload goes");
+    // A JSON result larger than the whole upload store (2,000 bytes): 507, no dead URL.
+    let r = post(
+        &px.url("/upload/insecure/rs:fit:200:200/f:png"),
+        &[("accept", "application/json")],
+        read(PHOTO),
+    )
+    .await;
+    assert_eq!((r.status, r.code().as_str()), (507, "upload-not-kept"));
+    let r = post(&url, &[("accept", "application/json")], small).await;
+    assert_eq!(r.status, 200, "small results are kept");
+    px.stop().await;
+}
