@@ -603,7 +603,7 @@ async fn upload(
     let now = crate::now_unix();
     let c = &state.config;
     let accept = headers.get(ACCEPT).and_then(|v| v.to_str().ok());
-    let checked = url::parse_upload(target, String::new(), &state.url_context(now))
+    let checked = url::parse_upload(target, &state.url_context(now))
         .map_err(Error::from)
         .and_then(|parsed| {
             let (choice, vary) = negotiate::negotiate(

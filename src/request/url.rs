@@ -186,12 +186,8 @@ pub fn parse(target: &str, ctx: &UrlContext<'_>) -> Result<ParsedRequest, UrlErr
 }
 
 /// Parses and verifies an upload target (`/sig/opts...`, the part after `/upload`): every
-/// segment is an option; the source is the body, named by `body_sha256`.
-pub fn parse_upload(
-    target: &str,
-    body_sha256: String,
-    ctx: &UrlContext<'_>,
-) -> Result<ParsedRequest, UrlError> {
+/// segment is an option; the source is the body, named once it has been read.
+pub fn parse_upload(target: &str, ctx: &UrlContext<'_>) -> Result<ParsedRequest, UrlError> {
     let (signer, signed_path) = verified(target, ctx)?;
     let segments: Vec<&str> = signed_path[1..]
         .split('/')
@@ -227,7 +223,7 @@ pub fn parse_upload(
     Ok(ParsedRequest {
         signer,
         options,
-        source: Source::Upload(body_sha256),
+        source: Source::Upload(String::new()),
     })
 }
 
