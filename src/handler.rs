@@ -184,14 +184,10 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr)
         .map_or("/", |p| p.as_str())
         .to_string();
     let path = parts.uri.path();
-    let header = |name| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v: &HeaderValue| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let (accept, inm) = (header(ACCEPT), header(IF_NONE_MATCH));
+    let (accept, inm) = (
+        header_text(&parts.headers, ACCEPT),
+        header_text(&parts.headers, IF_NONE_MATCH),
+    );
     let mut trace = Trace::default();
     let mut route = Route::Other;
     let result = match (&method, path) {
@@ -348,6 +344,14 @@ fn result_key(req: &ParsedRequest, choice: FormatChoice) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// A header's value as text, when it is text.
+fn header_text(headers: &hyper::HeaderMap, name: hyper::header::HeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
 /// The request as the policy needs it, gathered while the headers are at hand.
 pub struct Caller<'a> {
     pub ip: std::net::IpAddr,
@@ -360,13 +364,7 @@ pub struct Caller<'a> {
 
 impl<'a> Caller<'a> {
     fn new(state: &State, parts: &'a hyper::http::request::Parts, peer: SocketAddr) -> Self {
-        let header = |name| {
-            parts
-                .headers
-                .get(name)
-                .and_then(|v: &HeaderValue| v.to_str().ok())
-                .map(str::to_string)
-        };
+        let header = |name| header_text(&parts.headers, name);
         Caller {
             ip: client::client_ip(peer.ip(), &parts.headers, &state.config.trusted_proxies),
             key: client::api_key(&parts.headers, parts.uri.query()),
