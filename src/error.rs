@@ -228,7 +228,7 @@ mod tests {
             (UrlError::Path("x").into(), 404, "invalid-url"),
             (OriginError::NotAllowed.into(), 404, "source-not-allowed"),
             (
-                OriginError::BlockedAddress([127, 0, 0, 1].into()).into(),
+                OriginError::BlockedAddress("127.0.0.1 (loopback)".into()).into(),
                 404,
                 "source-address-blocked",
             ),

@@ -18,6 +18,7 @@ mod manifest;
 mod max_bytes;
 mod metadata;
 mod metrics;
+mod netns;
 mod origin;
 mod policy;
 mod serve;
