@@ -9,6 +9,7 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use image::DynamicImage;
 use pixgate::EngineConfig;
+use pixgate::pixels::Deadline;
 use pixgate::pixels::encode::{self, EncoderConfig, Metadata};
 
 fn fixture(rel: &str) -> Vec<u8> {
@@ -56,10 +57,21 @@ fn encode_case(
     q: u8,
     cfg: &EncoderConfig,
 ) {
-    let bytes = encode::encode(img, format, q, cfg, Metadata::default()).unwrap();
+    let bytes =
+        encode::encode(img, format, q, cfg, Metadata::default(), &Deadline::none()).unwrap();
     eprintln!("{name}: {} bytes", bytes.len());
     c.bench_function(name, |b| {
-        b.iter(|| encode::encode(black_box(img), format, q, cfg, Metadata::default()).unwrap())
+        b.iter(|| {
+            encode::encode(
+                black_box(img),
+                format,
+                q,
+                cfg,
+                Metadata::default(),
+                &Deadline::none(),
+            )
+            .unwrap()
+        })
     });
 }
 

@@ -32,6 +32,12 @@ pub struct RawConfig {
     pub listen: String,
     /// Simultaneous client connections; more wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// Simultaneous connections from one client address (trusted proxies are exempt);
+    /// more are closed at once. 0 = no per-address cap.
+    pub max_connections_per_ip: usize,
+    /// Seconds a connection may stay open with no request in flight, a new one included
+    /// (one that never sends a request is closed after this).
+    pub keep_alive_timeout: f64,
     /// Seconds a client may take to send its request headers.
     pub header_read_timeout: f64,
     /// Seconds a whole request may take, queue wait included (503 after).
@@ -42,6 +48,9 @@ pub struct RawConfig {
     pub workers: usize,
     /// Pixel jobs waiting for a worker; beyond this, 503 with Retry-After.
     pub queue_size: usize,
+    /// Bytes of pixel buffers all running jobs may hold together, by each job's estimate
+    /// from its plan; jobs wait (in the queue, up to their deadline) for room.
+    pub memory_budget: u64,
     #[serde(deserialize_with = "string_like")]
     pub log_level: String,
     /// `text` or `json`.
@@ -163,11 +172,14 @@ impl Default for RawConfig {
         RawConfig {
             listen: "127.0.0.1:8080".into(),
             max_connections: 2048,
+            max_connections_per_ip: 128,
+            keep_alive_timeout: 10.0,
             header_read_timeout: 10.0,
             request_timeout: 10.0,
             shutdown_timeout: 20.0,
             workers: 0,
             queue_size: 64,
+            memory_budget: 2 << 30,
             log_level: "info".into(),
             log_format: "text".into(),
             keys: Vec::new(),
@@ -326,6 +338,7 @@ pub struct Config {
     pub raw: RawConfig,
     pub listen: SocketAddr,
     pub header_read_timeout: Duration,
+    pub keep_alive_timeout: Duration,
     pub request_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub download_timeout: Duration,
@@ -515,6 +528,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
     };
     const DAY: f64 = 86_400.0;
     let header_read_timeout = secs("header_read_timeout", raw.header_read_timeout, DAY);
+    let keep_alive_timeout = secs("keep_alive_timeout", raw.keep_alive_timeout, DAY);
     let request_timeout = secs("request_timeout", raw.request_timeout, DAY);
     let shutdown_timeout = secs("shutdown_timeout", raw.shutdown_timeout, DAY);
     let download_timeout = secs("download_timeout", raw.download_timeout, DAY);
@@ -532,6 +546,12 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
         p.push(format!(
             "cache_max_entry_fraction: {} is not within (0, 1]",
             raw.cache_max_entry_fraction
+        ));
+    }
+    if raw.memory_budget < 64 << 20 {
+        p.push(format!(
+            "memory_budget: {} bytes is below the minimum of 67108864 (64 MiB)",
+            raw.memory_budget
         ));
     }
     if raw.max_connections == 0 {
@@ -806,6 +826,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
     Ok(Config {
         listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
         header_read_timeout,
+        keep_alive_timeout,
         request_timeout,
         shutdown_timeout,
         download_timeout,

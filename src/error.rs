@@ -51,6 +51,12 @@ pub enum Error {
     /// `decide` failed and the policy's `on_error` is `deny`.
     #[error("policy failed: {0}")]
     PolicyFailed(PolicyError),
+    /// `pixgate transform`: the options ask for one format, the output file's name another.
+    #[error("the options ask for {options} but the output file is named .{file}")]
+    FormatMismatch {
+        options: crate::Format,
+        file: crate::Format,
+    },
 }
 
 impl Error {
@@ -87,6 +93,7 @@ impl Error {
             Error::Denied { status, .. } => *status,
             Error::Limited(_) => 429,
             Error::PolicyFailed(_) => 503,
+            Error::FormatMismatch { .. } => 400,
         }
     }
 
@@ -127,7 +134,9 @@ impl Error {
                 PixelError::UnsupportedOutput(_) => "unsupported-output-format",
                 PixelError::Plan(PlanError::EmptySource(..)) => "corrupt-image",
                 PixelError::Plan(PlanError::ResultTooLarge { .. }) => "result-too-large",
-                PixelError::Decode(DecodeError::Unsupported(_)) => "unsupported-source-format",
+                PixelError::Decode(
+                    DecodeError::Unsupported(_) | DecodeError::UnsupportedVariant(..),
+                ) => "unsupported-source-format",
                 PixelError::Decode(_) => "corrupt-image",
                 PixelError::Encode(EncodeError::Unsupported(_)) => "unsupported-output-format",
                 PixelError::Ops(_) | PixelError::Encode(_) => "internal-error",
@@ -143,6 +152,7 @@ impl Error {
             Error::Denied { .. } => "policy-denied",
             Error::Limited(_) => "rate-limited",
             Error::PolicyFailed(_) => "policy-error",
+            Error::FormatMismatch { .. } => "format-mismatch",
         }
     }
 
@@ -185,6 +195,7 @@ impl Error {
             }
             "rate-limited" => "Rate limit exceeded",
             "policy-error" => "The request could not be checked; retry shortly",
+            "format-mismatch" => "The options and the output file name ask for different formats",
             _ => "Internal error",
         })
     }

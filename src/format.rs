@@ -106,7 +106,9 @@ impl Format {
             Format::Webp => 16383,
             Format::Ico => 256,
             Format::Avif | Format::Heic => 65536,
-            Format::Jpeg | Format::Gif | Format::Png | Format::Bmp | Format::Tiff => 65535,
+            // libjpeg's JPEG_MAX_DIMENSION: the format's 16-bit fields would allow 65535.
+            Format::Jpeg => 65500,
+            Format::Gif | Format::Png | Format::Bmp | Format::Tiff => 65535,
             Format::Svg | Format::Jxl => 1 << 18,
         }
     }

@@ -56,7 +56,7 @@ impl State {
             policy,
             metrics: Metrics::new(),
             origin: Origin::new(c),
-            gate: CpuGate::new(c.workers, c.raw.queue_size),
+            gate: CpuGate::new(c.workers, c.raw.queue_size, c.raw.memory_budget),
             results: Store::new(
                 c.raw.cache_size,
                 c.cache_ttl,
@@ -99,6 +99,7 @@ impl State {
     pub fn render_metrics(&self) -> String {
         self.metrics.render(&crate::metrics::Sources {
             gate: &self.gate.stats,
+            memory_budget: self.gate.memory_budget(),
             caches: [
                 (
                     "result",
@@ -543,9 +544,12 @@ async fn process(
     let job = pixels::prepare(&src.bytes, &opts, &state.config.engine)?;
     let input = job.info.clone();
     let bytes = src.bytes.clone();
+    let memory = job.memory_estimate();
     let (encoded, queue) = state
         .gate
-        .run_timed(deadline, move || job.run_until(&bytes, Some(deadline)))
+        .run_timed(deadline, memory, move || {
+            job.run_until(&bytes, Some(deadline))
+        })
         .await?;
     let encoded = encoded?;
     let result = CachedResult {

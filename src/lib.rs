@@ -47,6 +47,18 @@ pub use request::options::Options;
 /// Parses an option string with default server settings and runs the engine on `src`: what
 /// `pixgate transform` does.
 pub fn transform(src: &[u8], options: &str, cfg: &EngineConfig) -> Result<Encoded, Error> {
+    transform_as(src, options, None, cfg)
+}
+
+/// [`transform`] with the output format the caller's file name asks for, used when the
+/// options name none; options naming another format are refused (a `.png` file must not
+/// receive JPEG bytes).
+pub fn transform_as(
+    src: &[u8],
+    options: &str,
+    wanted: Option<Format>,
+    cfg: &EngineConfig,
+) -> Result<Encoded, Error> {
     let defaults = Options::default();
     let presets = request::options::Presets::default();
     let ctx = request::options::ParseContext {
@@ -55,7 +67,17 @@ pub fn transform(src: &[u8], options: &str, cfg: &EngineConfig) -> Result<Encode
         now_unix: now_unix(),
         defaults: &defaults,
     };
-    let opts = request::options::parse(options, &ctx)?;
+    let mut opts = request::options::parse(options, &ctx)?;
+    match (opts.format, wanted) {
+        (Some(f), Some(w)) if f != w => {
+            return Err(Error::FormatMismatch {
+                options: f,
+                file: w,
+            });
+        }
+        (None, Some(w)) => opts.format = Some(w),
+        _ => {}
+    }
     Ok(pixels::transform(src, &opts, cfg)?)
 }
 

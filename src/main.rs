@@ -58,7 +58,8 @@ enum Command {
         input: PathBuf,
         /// The options part of an imgproxy URL, e.g. `rs:fill:300:200/g:no/q:75/f:webp`.
         options: String,
-        /// Where to write the result (`-` for standard output).
+        /// Where to write the result (`-` for standard output). Its extension names the
+        /// output format when the options name none; a different `f:` is refused.
         output: PathBuf,
         /// libjpeg-turbo-like fast mode: decode closer to the target size, JPEG without
         /// trellis quantisation (about 10 ms less per 800 px JPEG, ~17% larger files).
@@ -286,10 +287,24 @@ fn transform(
             return ExitCode::from(2);
         }
     };
-    let out = match pixgate::transform(&src, &options, &cfg) {
-        Ok(o) => o,
-        Err(e) => {
+    // The output file's extension names the format when the options do not (`out.png`
+    // gets PNG bytes); `-` and unknown extensions leave it to the source.
+    let wanted = output
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .and_then(|e| pixgate::Format::from_name(if e == "tif" { "tiff" } else { &e }));
+    let run = std::panic::catch_unwind(|| pixgate::transform_as(&src, &options, wanted, &cfg));
+    let out = match run {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => {
             eprintln!("pixgate: {} ({}): {e}", e.code(), e.status());
+            return ExitCode::from(1);
+        }
+        Err(_) => {
+            eprintln!(
+                "pixgate: internal-error (500): the engine panicked (a bug: please report it)"
+            );
             return ExitCode::from(1);
         }
     };

@@ -90,6 +90,8 @@ impl Stage {
 /// Counters read from the parts that keep their own, at scrape time.
 pub struct Sources<'a> {
     pub gate: &'a GateStats,
+    /// The gate's memory budget, bytes.
+    pub memory_budget: u64,
     pub caches: [(&'static str, &'a CacheStats, u64, u64); 3],
     pub policy: Option<&'a crate::policy::Policy>,
 }
@@ -101,6 +103,10 @@ pub struct Metrics {
     duration: Vec<Histogram>,
     stages: Vec<Histogram>,
     in_flight: IntGauge,
+    /// Connections closed by the server: `per_ip` (at accept, over the address's cap) and
+    /// `idle` (nothing in flight for `keep_alive_timeout`).
+    pub connections_closed: IntCounterVec,
+    pub connections_open: IntGauge,
     response_bytes: IntCounter,
     formats: IntCounterVec,
     errors: IntCounterVec,
@@ -112,6 +118,10 @@ pub struct Metrics {
     gate_jobs: IntCounter,
     gate_rejected: IntCounter,
     gate_panics: IntCounter,
+    gate_memory_reserved: IntGauge,
+    gate_memory_budget: IntGauge,
+    gate_overruns: IntCounter,
+    gate_overrun_seconds: prometheus::Counter,
     cache_requests: IntCounterVec,
     cache_evictions: IntCounterVec,
     cache_bytes: IntGaugeVec,
@@ -216,6 +226,17 @@ impl Metrics {
                 "pixgate_http_requests_in_flight",
                 "Requests being served now.",
             ),
+            connections_closed: counter_vec(
+                &r,
+                "pixgate_http_connections_closed_total",
+                "Connections the server closed: per_ip (address over its cap at accept), idle (no request in flight for keep_alive_timeout).",
+                &["reason"],
+            ),
+            connections_open: gauge(
+                &r,
+                "pixgate_http_connections_open",
+                "Client connections open now.",
+            ),
             response_bytes: counter(
                 &r,
                 "pixgate_http_response_bytes_total",
@@ -265,6 +286,30 @@ impl Metrics {
                 "pixgate_cpu_panics_total",
                 "Pixel jobs that panicked (500).",
             ),
+            gate_memory_reserved: gauge(
+                &r,
+                "pixgate_cpu_memory_reserved_bytes",
+                "Memory budget held by running pixel jobs (their estimates).",
+            ),
+            gate_memory_budget: gauge(
+                &r,
+                "pixgate_cpu_memory_budget_bytes",
+                "The memory budget of pixel jobs (memory_budget).",
+            ),
+            gate_overruns: counter(
+                &r,
+                "pixgate_cpu_overruns_total",
+                "Pixel jobs that ended after their request's deadline.",
+            ),
+            gate_overrun_seconds: {
+                let c = prometheus::Counter::new(
+                    "pixgate_cpu_overrun_seconds_total",
+                    "How long pixel jobs ran past their deadlines, in all.",
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
             cache_requests: counter_vec(
                 &r,
                 "pixgate_cache_requests_total",
@@ -324,6 +369,9 @@ impl Metrics {
         }
         for f in Format::ALL {
             m.formats.with_label_values(&[f.ext()]);
+        }
+        for reason in ["per_ip", "idle"] {
+            m.connections_closed.with_label_values(&[reason]);
         }
         #[cfg(target_os = "linux")]
         m.registry
@@ -397,6 +445,14 @@ impl Metrics {
         set(&self.gate_jobs, src.gate.jobs.load(Relaxed));
         set(&self.gate_rejected, src.gate.rejected.load(Relaxed));
         set(&self.gate_panics, src.gate.panics.load(Relaxed));
+        self.gate_memory_reserved
+            .set(i64::try_from(src.gate.reserved_bytes.load(Relaxed)).unwrap_or(i64::MAX));
+        self.gate_memory_budget
+            .set(i64::try_from(src.memory_budget).unwrap_or(i64::MAX));
+        set(&self.gate_overruns, src.gate.overruns.load(Relaxed));
+        self.gate_overrun_seconds.reset();
+        self.gate_overrun_seconds
+            .inc_by(src.gate.overrun_micros.load(Relaxed) as f64 / 1e6);
         for (name, stats, bytes, entries) in &src.caches {
             for (outcome, v) in [
                 ("hit", &stats.hits),

@@ -1,10 +1,18 @@
 //! Listening and connections: HTTP/1.1 and HTTP/2 on one listener (hyper-util's auto
-//! builder), a connection cap, a header read timeout, and graceful shutdown (stop accepting,
-//! let in-flight requests finish, bounded by `shutdown_timeout`). Tests call [`run`] with a
+//! builder), a connection cap in total and per client address, an idle timeout that closes
+//! connections with no request in flight (new ones that never send one included, HTTP/1 and
+//! HTTP/2 alike), a header read timeout, and graceful shutdown (stop accepting, let
+//! in-flight requests finish, bounded by `shutdown_timeout`). Tests call [`run`] with a
 //! listener bound to `127.0.0.1:0`.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -12,8 +20,143 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::config::Config;
+use crate::config::{Config, Network};
 use crate::handler::{self, State};
+
+/// Open connections per client address, capped; an entry leaves with its last connection.
+struct PerAddress {
+    cap: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection's place in [`PerAddress`]; freed on drop.
+struct AddressSlot {
+    table: Arc<PerAddress>,
+    ip: IpAddr,
+}
+
+impl PerAddress {
+    fn enter(table: &Arc<PerAddress>, ip: IpAddr) -> Option<AddressSlot> {
+        let mut open = table.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= table.cap {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            table: table.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// When a connection last started or finished a request, and how many are in flight: what
+/// the idle timeout watches. Bytes do not count, so a client dripping header bytes or
+/// sending HTTP/2 PINGs is as idle as a silent one.
+struct Activity {
+    born: Instant,
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            born: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        })
+    }
+
+    fn touch(&self) {
+        let ms = self.born.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.touch();
+        InFlight(self.clone())
+    }
+
+    /// Resolves once the connection has had no request in flight for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = self.last_ms.load(Ordering::Relaxed);
+            let at = self.born + Duration::from_millis(last) + idle;
+            tokio::time::sleep_until(at.into()).await;
+            if self.in_flight.load(Ordering::Relaxed) == 0
+                && self.last_ms.load(Ordering::Relaxed) == last
+            {
+                return;
+            }
+            if self.in_flight.load(Ordering::Relaxed) > 0 {
+                // Busy: look again one period from now.
+                self.touch();
+            }
+        }
+    }
+}
+
+/// A request in flight, from its headers until its response body is sent or dropped.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is done.
+struct Tracked<B> {
+    body: B,
+    _in_flight: InFlight,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The address connections are counted under: IPv4-mapped IPv6 as the IPv4 it is.
+fn client_address(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn is_trusted(ip: IpAddr, proxies: &[Network]) -> bool {
+    proxies.iter().any(|n| n.contains(ip))
+}
 
 /// Serves until `shutdown` completes, then drains connections. Binds `metrics_listen`.
 pub async fn run(
@@ -44,7 +187,16 @@ pub async fn serve(
     let config = &state.config;
     let shutdown_timeout = config.shutdown_timeout;
     let header_timeout = config.header_read_timeout;
+    let idle_timeout = config.keep_alive_timeout;
     let connections = Arc::new(Semaphore::new(config.raw.max_connections));
+    let per_address = Arc::new(PerAddress {
+        cap: if config.raw.max_connections_per_ip == 0 {
+            usize::MAX
+        } else {
+            config.raw.max_connections_per_ip
+        },
+        open: Mutex::new(HashMap::new()),
+    });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -78,20 +230,60 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        let ip = client_address(peer.ip());
+        // Proxies in front (nginx) carry many clients each: only the total cap holds them.
+        let slot = if is_trusted(ip, &config.trusted_proxies) {
+            None
+        } else {
+            match PerAddress::enter(&per_address, ip) {
+                Some(s) => Some(s),
+                None => {
+                    tracing::debug!(%peer, "connection refused: its address is at max_connections_per_ip");
+                    state
+                        .metrics
+                        .connections_closed
+                        .with_label_values(&["per_ip"])
+                        .inc();
+                    drop(stream);
+                    continue;
+                }
+            }
+        };
         let _ = stream.set_nodelay(true);
+        let metrics_state = state.clone();
         let state = state.clone();
+        let activity = Activity::new();
+        let watched = activity.clone();
         let service = service_fn(move |req| {
             let state = state.clone();
-            async move { Ok::<_, std::convert::Infallible>(handler::handle(state, req, peer).await) }
+            let in_flight = watched.begin();
+            async move {
+                let resp = handler::handle(state, req, peer).await;
+                Ok::<_, std::convert::Infallible>(resp.map(|body| Tracked {
+                    body,
+                    _in_flight: in_flight,
+                }))
+            }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            let m = &metrics_state.metrics;
+            m.connections_open.inc();
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                },
+                // Nothing in flight: dropping the connection loses no request.
+                () = activity.idle_for(idle_timeout) => {
+                    tracing::debug!(%peer, "closing an idle connection");
+                    m.connections_closed.with_label_values(&["idle"]).inc();
+                }
             }
+            m.connections_open.dec();
+            drop(slot);
             drop(permit);
         });
     }

@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use image::DynamicImage;
+
+use super::deadline::{Deadline, Expired};
 use lcms2::{
     ColorSpaceSignature, DisallowCache, Flags, GlobalContext, InfoType, Intent, Locale,
     PixelFormat, Profile, Transform,
@@ -118,14 +120,26 @@ pub fn profile_name(icc: &[u8]) -> Option<String> {
         .filter(|d| !d.is_empty())
 }
 
-/// Converts an RGB(A) image tagged with `icc` to sRGB. Returns `None` when nothing had to be
-/// done (sRGB, grey, unreadable or non-RGB profile).
-pub fn rgb_to_srgb(img: &DynamicImage, icc: &[u8]) -> Option<DynamicImage> {
-    match img {
+/// Converts an RGB(A) image tagged with `icc` to sRGB, in bands of rows between deadline
+/// checks. `Ok(None)` when nothing had to be done (sRGB, grey, unreadable or non-RGB
+/// profile).
+pub fn rgb_to_srgb(
+    img: &DynamicImage,
+    icc: &[u8],
+    deadline: &Deadline,
+) -> Result<Option<DynamicImage>, Expired> {
+    const BAND_ROWS: usize = 256;
+    let row_pixels = img.width().max(1) as usize;
+    Ok(match img {
         DynamicImage::ImageRgb8(_) | DynamicImage::ImageRgb16(_) | DynamicImage::ImageRgb32F(_) => {
-            let t = transform_for(icc, Layout::Rgb)?;
+            let Some(t) = transform_for(icc, Layout::Rgb) else {
+                return Ok(None);
+            };
             let mut rgb = img.to_rgb8();
-            t.transform_in_place(&mut rgb);
+            for band in rgb.chunks_mut(BAND_ROWS * row_pixels * 3) {
+                deadline.check()?;
+                t.transform_in_place(band);
+            }
             Some(DynamicImage::ImageRgb8(rgb))
         }
         DynamicImage::ImageLuma8(_)
@@ -133,12 +147,17 @@ pub fn rgb_to_srgb(img: &DynamicImage, icc: &[u8]) -> Option<DynamicImage> {
         | DynamicImage::ImageLuma16(_)
         | DynamicImage::ImageLumaA16(_) => None,
         _ => {
-            let t = transform_for(icc, Layout::Rgba)?;
+            let Some(t) = transform_for(icc, Layout::Rgba) else {
+                return Ok(None);
+            };
             let mut rgba = img.to_rgba8();
-            t.transform_in_place(&mut rgba);
+            for band in rgba.chunks_mut(BAND_ROWS * row_pixels * 4) {
+                deadline.check()?;
+                t.transform_in_place(band);
+            }
             Some(DynamicImage::ImageRgba8(rgba))
         }
-    }
+    })
 }
 
 /// CMYK samples (4 bytes per pixel) through the embedded CMYK profile to sRGB. Adobe's
@@ -168,9 +187,25 @@ mod tests {
     fn srgb_and_broken_profiles_are_left_alone() {
         let img =
             DynamicImage::ImageRgb8(image::RgbImage::from_pixel(4, 4, image::Rgb([200, 10, 10])));
-        assert!(rgb_to_srgb(&img, &profile_bytes(&Profile::new_srgb())).is_none());
-        assert!(rgb_to_srgb(&img, b"not a profile at all").is_none());
-        assert!(rgb_to_srgb(&img, &[0u8; 200]).is_none());
+        assert!(
+            rgb_to_srgb(
+                &img,
+                &profile_bytes(&Profile::new_srgb()),
+                &Deadline::none()
+            )
+            .unwrap()
+            .is_none()
+        );
+        assert!(
+            rgb_to_srgb(&img, b"not a profile at all", &Deadline::none())
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            rgb_to_srgb(&img, &[0u8; 200], &Deadline::none())
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
@@ -213,7 +248,10 @@ mod tests {
             2,
             image::Rgba([255, 0, 0, 100]),
         ));
-        let out = rgb_to_srgb(&img, &icc).unwrap().to_rgba8();
+        let out = rgb_to_srgb(&img, &icc, &Deadline::none())
+            .unwrap()
+            .unwrap()
+            .to_rgba8();
         let p = out.get_pixel(0, 0);
         assert!(p[0] >= 250 && p[1] <= 5 && p[2] <= 5, "{p:?}");
         assert_eq!(p[3], 100);
@@ -222,7 +260,10 @@ mod tests {
             1,
             image::Rgb([128, 128, 128]),
         ));
-        let grey = rgb_to_srgb(&img, &icc).unwrap().to_rgb8();
+        let grey = rgb_to_srgb(&img, &icc, &Deadline::none())
+            .unwrap()
+            .unwrap()
+            .to_rgb8();
         let g = grey.get_pixel(0, 0);
         assert!(
             g.0.iter().all(|&c| (120..=136).contains(&c)),

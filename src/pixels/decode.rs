@@ -9,6 +9,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use image::{DynamicImage, ImageDecoder, ImageFormat};
 
+use super::deadline::Deadline;
 use crate::format::Format;
 use crate::pixels::probe::SourceInfo;
 
@@ -19,6 +20,12 @@ pub enum DecodeError {
     Corrupt(Format, String),
     #[error("decoding {0} is not supported")]
     Unsupported(Format),
+    /// A valid file using a feature this build does not decode.
+    #[error("{0} variant not supported: {1}")]
+    UnsupportedVariant(Format, String),
+    /// The deadline passed while decoding.
+    #[error("the request deadline passed during decoding")]
+    Deadline,
 }
 
 /// Decoded pixels and the metadata worth keeping.
@@ -46,14 +53,16 @@ pub fn jpeg_scale_denominator(shrink: f64, margin: f64) -> u32 {
 }
 
 /// Decodes `data` whose header facts are `info`. `jpeg_denominator` asks the JPEG decoder for
-/// a 1/n-scaled result.
+/// a 1/n-scaled result. JPEG rows are read in bands between deadline checks; the other
+/// decoders run as one call, bounded by the header-checked size.
 pub fn decode(
     data: &[u8],
     info: &SourceInfo,
     jpeg_denominator: u32,
+    deadline: &Deadline,
 ) -> Result<Decoded, DecodeError> {
     match info.format {
-        Format::Jpeg => decode_jpeg(data, info, jpeg_denominator),
+        Format::Jpeg => decode_jpeg(data, info, jpeg_denominator, deadline),
         Format::Webp => decode_webp(data, info),
         Format::Avif => super::avif::decode(data, info, 0),
         Format::Png => decode_with_image(data, info, ImageFormat::Png),
@@ -104,7 +113,34 @@ fn decode_with_image(
     })
 }
 
-fn decode_jpeg(data: &[u8], info: &SourceInfo, denominator: u32) -> Result<Decoded, DecodeError> {
+/// Reads every scanline of a started decompression into one buffer, `ROWS` at a time with a
+/// deadline check in between; `Ok(None)` when the deadline passed.
+fn read_rows<R>(
+    s: &mut mozjpeg::decompress::DecompressStarted<R>,
+    channels: usize,
+    deadline: &Deadline,
+) -> std::io::Result<Option<Vec<u8>>> {
+    const ROWS: usize = 64;
+    let row = s.width() * channels;
+    let mut px = Vec::new();
+    px.try_reserve_exact(row * s.height())
+        .map_err(|_| std::io::ErrorKind::OutOfMemory)?;
+    px.resize(row * s.height(), 0);
+    for band in px.chunks_mut((ROWS * row).max(1)) {
+        if deadline.check().is_err() {
+            return Ok(None);
+        }
+        s.read_scanlines_into::<u8>(band)?;
+    }
+    Ok(Some(px))
+}
+
+fn decode_jpeg(
+    data: &[u8],
+    info: &SourceInfo,
+    denominator: u32,
+    deadline: &Deadline,
+) -> Result<Decoded, DecodeError> {
     use mozjpeg::{ColorSpace, Marker};
     let denominator = match denominator {
         2 | 4 | 8 => denominator,
@@ -113,6 +149,7 @@ fn decode_jpeg(data: &[u8], info: &SourceInfo, denominator: u32) -> Result<Decod
     let cmyk = info.cmyk;
     let adobe = info.adobe;
     TRUNCATED_SCAN.set(false);
+    let mut expired = false;
     // Fatal libjpeg errors unwind out of the C code (see `jpeg_error_mgr`). Warnings about
     // corrupt entropy data are tolerated (libjpeg substitutes), but data that ends inside a
     // scan is refused: a grey-filled image cached for a year is worse than a 422 that the
@@ -138,10 +175,15 @@ fn decode_jpeg(data: &[u8], info: &SourceInfo, denominator: u32) -> Result<Decod
             }
         }
         let mut icc = assemble_icc(icc_chunks);
+        let mut rows = |s: &mut mozjpeg::decompress::DecompressStarted<_>, channels| {
+            let px = read_rows(s, channels, deadline)?;
+            expired = px.is_none();
+            px.ok_or_else(|| std::io::Error::from(std::io::ErrorKind::TimedOut))
+        };
         let image = if cmyk {
             let mut s = d.to_colorspace(ColorSpace::JCS_CMYK)?;
             let (w, h) = (s.width() as u32, s.height() as u32);
-            let px: Vec<u8> = s.read_scanlines()?;
+            let px = rows(&mut s, 4)?;
             let _ = s.finish();
             // The CMYK profile is used up here: the result is sRGB either way, and a CMYK
             // profile must never be attached to RGB output.
@@ -153,7 +195,7 @@ fn decode_jpeg(data: &[u8], info: &SourceInfo, denominator: u32) -> Result<Decod
         } else if d.color_space() == ColorSpace::JCS_GRAYSCALE {
             let mut s = d.grayscale()?;
             let (w, h) = (s.width() as u32, s.height() as u32);
-            let px: Vec<u8> = s.read_scanlines()?;
+            let px = rows(&mut s, 1)?;
             let _ = s.finish();
             DynamicImage::ImageLuma8(
                 image::GrayImage::from_raw(w, h, px).ok_or(std::io::ErrorKind::InvalidData)?,
@@ -161,7 +203,7 @@ fn decode_jpeg(data: &[u8], info: &SourceInfo, denominator: u32) -> Result<Decod
         } else {
             let mut s = d.rgb()?;
             let (w, h) = (s.width() as u32, s.height() as u32);
-            let px: Vec<u8> = s.read_scanlines()?;
+            let px = rows(&mut s, 3)?;
             let _ = s.finish();
             DynamicImage::ImageRgb8(
                 image::RgbImage::from_raw(w, h, px).ok_or(std::io::ErrorKind::InvalidData)?,
@@ -169,6 +211,9 @@ fn decode_jpeg(data: &[u8], info: &SourceInfo, denominator: u32) -> Result<Decod
         };
         Ok(Decoded { image, icc, exif })
     }));
+    if expired {
+        return Err(DecodeError::Deadline);
+    }
     if TRUNCATED_SCAN.get() {
         return Err(DecodeError::Corrupt(
             Format::Jpeg,

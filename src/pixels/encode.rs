@@ -8,6 +8,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use image::{DynamicImage, ExtendedColorType, ImageEncoder};
 
+use super::deadline::{Deadline, Expired};
 use crate::format::Format;
 
 /// Why encoding failed.
@@ -17,7 +18,19 @@ pub enum EncodeError {
     Unsupported(Format),
     #[error("{0} encoder failed: {1}")]
     Failed(Format, String),
+    /// The deadline passed while encoding (or the encode could not finish before it).
+    #[error("the request deadline passed during encoding")]
+    Deadline,
 }
+
+impl From<Expired> for EncodeError {
+    fn from(_: Expired) -> Self {
+        EncodeError::Deadline
+    }
+}
+
+/// Rows handed to a row-fed encoder between deadline checks.
+const ROWS_PER_CHECK: usize = 64;
 
 /// Which JPEG encoder settings to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -93,19 +106,31 @@ pub fn can_write(format: Format) -> bool {
     )
 }
 
-/// Encodes `img` as `format` at `quality` (1..=100; ignored by lossless formats).
+/// Encodes `img` as `format` at `quality` (1..=100; ignored by lossless formats). JPEG and
+/// PNG are fed in row bands and WebP reports progress, each checking `deadline`; AVIF (one
+/// libaom call) is refused up front when its measured cost would not fit in the time left.
 pub fn encode(
     img: &DynamicImage,
     format: Format,
     quality: u8,
     cfg: &EncoderConfig,
     meta: Metadata<'_>,
+    deadline: &Deadline,
 ) -> Result<Vec<u8>, EncodeError> {
+    deadline.check()?;
     match format {
-        Format::Jpeg => encode_jpeg(img, quality, cfg, meta),
-        Format::Webp => encode_webp(img, quality, cfg, meta),
-        Format::Png => encode_png(img, meta),
-        Format::Avif => super::avif::encode(img, quality, cfg.avif_speed, meta),
+        Format::Jpeg => encode_jpeg(img, quality, cfg, meta, deadline),
+        Format::Webp => encode_webp(img, quality, cfg, meta, deadline),
+        Format::Png => encode_png(img, meta, deadline),
+        Format::Avif => {
+            if let Some(left) = deadline.remaining() {
+                let cost = super::avif::encode_cost(img.width(), img.height(), cfg.avif_speed);
+                if cost > left {
+                    return Err(EncodeError::Deadline);
+                }
+            }
+            super::avif::encode(img, quality, cfg.avif_speed, meta)
+        }
         Format::Gif | Format::Bmp | Format::Tiff | Format::Ico => encode_with_image(img, format),
         other => Err(EncodeError::Unsupported(other)),
     }
@@ -116,6 +141,7 @@ fn encode_jpeg(
     quality: u8,
     cfg: &EncoderConfig,
     meta: Metadata<'_>,
+    deadline: &Deadline,
 ) -> Result<Vec<u8>, EncodeError> {
     use mozjpeg::{ColorSpace, Compress, Marker};
     let gray;
@@ -133,6 +159,8 @@ fn encode_jpeg(
         }
     };
     let (w, h) = (img.width() as usize, img.height() as usize);
+    let row_bytes = data.len() / h.max(1);
+    let mut expired = false;
     let result = catch_unwind(AssertUnwindSafe(|| -> std::io::Result<Vec<u8>> {
         let mut c = Compress::new(cs);
         match cfg.jpeg_mode {
@@ -161,9 +189,20 @@ fn encode_jpeg(
         if let Some(icc) = meta.icc {
             s.write_icc_profile(icc);
         }
-        s.write_scanlines(data)?;
+        // In bands: DCT and trellis quantisation happen as rows arrive, so the deadline is
+        // seen while most of the work is still ahead.
+        for band in data.chunks((ROWS_PER_CHECK * row_bytes).max(1)) {
+            if deadline.check().is_err() {
+                expired = true;
+                return Err(std::io::ErrorKind::TimedOut.into());
+            }
+            s.write_scanlines(band)?;
+        }
         s.finish()
     }));
+    if expired {
+        return Err(EncodeError::Deadline);
+    }
     match result {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(EncodeError::Failed(Format::Jpeg, e.to_string())),
@@ -176,25 +215,23 @@ fn encode_webp(
     quality: u8,
     cfg: &EncoderConfig,
     meta: Metadata<'_>,
+    deadline: &Deadline,
 ) -> Result<Vec<u8>, EncodeError> {
     let fail = |m: String| EncodeError::Failed(Format::Webp, m);
     let rgba;
     let rgb;
-    let enc = if img.color().has_alpha() {
+    let (px, alpha) = if img.color().has_alpha() {
         rgba = img.to_rgba8();
-        webp::Encoder::from_rgba(rgba.as_raw(), img.width(), img.height())
+        (rgba.as_raw().as_slice(), true)
     } else {
         rgb = img.to_rgb8();
-        webp::Encoder::from_rgb(rgb.as_raw(), img.width(), img.height())
+        (rgb.as_raw().as_slice(), false)
     };
     let mut wc = webp::WebPConfig::new().map_err(|_| fail("config".into()))?;
     wc.quality = f32::from(quality.clamp(1, 100));
     wc.method = i32::from(cfg.webp_effort.min(6));
     wc.lossless = i32::from(cfg.webp_mode == WebpMode::Lossless);
-    let mem = enc
-        .encode_advanced(&wc)
-        .map_err(|e| fail(format!("{e:?}")))?;
-    let bytes = mem.to_vec();
+    let bytes = webp_encode(px, alpha, img.width(), img.height(), &wc, deadline)?;
     let chunks: Vec<(&std::ffi::CStr, &[u8])> = [(c"ICCP", meta.icc), (c"EXIF", meta.exif)]
         .into_iter()
         .filter_map(|(name, data)| Some((name, data?)))
@@ -203,6 +240,73 @@ fn encode_webp(
         return Ok(bytes);
     }
     webp_with_chunks(&bytes, &chunks).ok_or_else(|| fail("metadata muxing".into()))
+}
+
+/// libwebp's progress hook: 0 (abort) once the deadline in `user_data` has passed.
+unsafe extern "C" fn webp_progress(_percent: i32, picture: *const libwebp_sys::WebPPicture) -> i32 {
+    // SAFETY: `user_data` is set to a `Deadline` that outlives the WebPEncode call.
+    let deadline = unsafe { &*((*picture).user_data as *const Deadline) };
+    i32::from(deadline.check().is_ok())
+}
+
+/// One still WebP from 8-bit RGB(A) with `config`, stopping when `deadline` passes. The
+/// same calls the `webp` crate makes, plus the progress hook it does not expose.
+pub(crate) fn webp_encode(
+    px: &[u8],
+    alpha: bool,
+    width: u32,
+    height: u32,
+    config: &libwebp_sys::WebPConfig,
+    deadline: &Deadline,
+) -> Result<Vec<u8>, EncodeError> {
+    use libwebp_sys as sys;
+    let fail = |m: String| EncodeError::Failed(Format::Webp, m);
+    let channels = if alpha { 4 } else { 3 };
+    if px.len() < width as usize * height as usize * channels {
+        return Err(fail("short pixel buffer".into()));
+    }
+    // SAFETY: the picture is initialised by WebPPictureInit, imports copy `px` (whose length
+    // was checked above), the memory writer collects the output, and both are freed on every
+    // path; `deadline` outlives WebPEncode, the only call that reads `user_data`.
+    unsafe {
+        if sys::WebPValidateConfig(config) == 0 {
+            return Err(fail("invalid configuration".into()));
+        }
+        let mut picture: sys::WebPPicture = std::mem::zeroed();
+        if !sys::WebPPictureInit(&mut picture) {
+            return Err(fail("picture init".into()));
+        }
+        picture.use_argb = 1;
+        picture.width = width as i32;
+        picture.height = height as i32;
+        let imported = if alpha {
+            sys::WebPPictureImportRGBA(&mut picture, px.as_ptr(), width as i32 * 4)
+        } else {
+            sys::WebPPictureImportRGB(&mut picture, px.as_ptr(), width as i32 * 3)
+        };
+        if imported == 0 {
+            sys::WebPPictureFree(&mut picture);
+            return Err(fail("out of memory".into()));
+        }
+        let mut writer: sys::WebPMemoryWriter = std::mem::zeroed();
+        sys::WebPMemoryWriterInit(&mut writer);
+        picture.writer = Some(sys::WebPMemoryWrite);
+        picture.custom_ptr = (&mut writer as *mut sys::WebPMemoryWriter).cast();
+        picture.progress_hook = Some(webp_progress);
+        picture.user_data = (deadline as *const Deadline).cast_mut().cast();
+        let ok = sys::WebPEncode(config, &mut picture) != 0;
+        let code = picture.error_code;
+        let out = if ok {
+            Ok(std::slice::from_raw_parts(writer.mem, writer.size).to_vec())
+        } else if code == sys::WebPEncodingError::VP8_ENC_ERROR_USER_ABORT {
+            Err(EncodeError::Deadline)
+        } else {
+            Err(fail(format!("{code:?}")))
+        };
+        sys::WebPMemoryWriterClear(&mut writer);
+        sys::WebPPictureFree(&mut picture);
+        out
+    }
 }
 
 /// Adds ICCP/EXIF chunks (libwebp's mux builds the VP8X header they need).
@@ -249,17 +353,46 @@ fn color_type(img: &DynamicImage) -> ExtendedColorType {
     img.color().into()
 }
 
-fn encode_png(img: &DynamicImage, meta: Metadata<'_>) -> Result<Vec<u8>, EncodeError> {
-    use image::codecs::png::{CompressionType, FilterType, PngEncoder};
-    let mut out = Vec::new();
-    let mut enc =
-        PngEncoder::new_with_quality(&mut out, CompressionType::Default, FilterType::Adaptive);
+/// PNG through the `png` crate directly (the settings `image`'s PngEncoder uses by default:
+/// balanced compression, adaptive filters), rows streamed in bands between deadline checks.
+fn encode_png(
+    img: &DynamicImage,
+    meta: Metadata<'_>,
+    deadline: &Deadline,
+) -> Result<Vec<u8>, EncodeError> {
+    use std::io::Write;
+    let fail = |e: &dyn std::fmt::Display| EncodeError::Failed(Format::Png, e.to_string());
+    let rgba;
+    let (data, color) = match img {
+        DynamicImage::ImageLuma8(b) => (b.as_raw().as_slice(), png::ColorType::Grayscale),
+        DynamicImage::ImageLumaA8(b) => (b.as_raw().as_slice(), png::ColorType::GrayscaleAlpha),
+        DynamicImage::ImageRgb8(b) => (b.as_raw().as_slice(), png::ColorType::Rgb),
+        DynamicImage::ImageRgba8(b) => (b.as_raw().as_slice(), png::ColorType::Rgba),
+        other => {
+            rgba = other.to_rgba8();
+            (rgba.as_raw().as_slice(), png::ColorType::Rgba)
+        }
+    };
+    let (w, h) = (img.width(), img.height());
+    let mut info = png::Info::with_size(w, h);
     if let Some(icc) = meta.icc {
-        // A profile the encoder rejects is dropped rather than failing the image.
-        let _ = enc.set_icc_profile(icc.to_vec());
+        info.icc_profile = Some(std::borrow::Cow::Borrowed(icc));
     }
-    enc.write_image(img.as_bytes(), img.width(), img.height(), color_type(img))
-        .map_err(|e| EncodeError::Failed(Format::Png, e.to_string()))?;
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::with_info(&mut out, info).map_err(|e| fail(&e))?;
+    enc.set_color(color);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.set_compression(png::Compression::Balanced);
+    enc.set_filter(png::Filter::Adaptive);
+    let mut writer = enc.write_header().map_err(|e| fail(&e))?;
+    let mut stream = writer.stream_writer().map_err(|e| fail(&e))?;
+    let row_bytes = data.len() / (h as usize).max(1);
+    for band in data.chunks((ROWS_PER_CHECK * row_bytes).max(1)) {
+        deadline.check()?;
+        stream.write_all(band).map_err(|e| fail(&e))?;
+    }
+    stream.finish().map_err(|e| fail(&e))?;
+    writer.finish().map_err(|e| fail(&e))?;
     Ok(out)
 }
 
@@ -328,16 +461,25 @@ mod tests {
         ))
         .unwrap();
         let info = crate::pixels::probe::probe(&src).unwrap();
-        let img = crate::pixels::decode::decode(&src, &info, 4).unwrap().image;
+        let img = crate::pixels::decode::decode(&src, &info, 4, &Deadline::none())
+            .unwrap()
+            .image;
         let img = img.resize(800, 800, image::imageops::FilterType::Triangle);
         let size = |mode| {
             let cfg = EncoderConfig {
                 jpeg_mode: mode,
                 ..EncoderConfig::default()
             };
-            encode(&img, Format::Jpeg, 80, &cfg, Metadata::default())
-                .unwrap()
-                .len()
+            encode(
+                &img,
+                Format::Jpeg,
+                80,
+                &cfg,
+                Metadata::default(),
+                &Deadline::none(),
+            )
+            .unwrap()
+            .len()
         };
         let (small, fast) = (size(JpegMode::Small), size(JpegMode::Fast));
         assert!(

@@ -5,7 +5,9 @@
 
 pub mod anim;
 pub mod avif;
+pub mod blur;
 pub mod color;
+pub mod deadline;
 pub mod decode;
 pub mod encode;
 pub mod metadata;
@@ -24,6 +26,7 @@ use image::DynamicImage;
 use crate::format::Format;
 use crate::plan::{self, Plan, PlanError, ResultLimits, SourceGeometry};
 use crate::request::options::Options;
+pub use deadline::Deadline;
 pub use decode::DecodeError;
 pub use encode::{EncodeError, EncoderConfig, JpegMode, WebpMode};
 pub use ops::OpsError;
@@ -185,13 +188,37 @@ pub enum PixelError {
     #[error(transparent)]
     Plan(#[from] PlanError),
     #[error(transparent)]
-    Decode(#[from] DecodeError),
+    Decode(DecodeError),
     #[error(transparent)]
     Ops(#[from] OpsError),
     #[error(transparent)]
-    Encode(#[from] EncodeError),
+    Encode(EncodeError),
     #[error("the request deadline passed during processing")]
     Deadline,
+}
+
+impl From<deadline::Expired> for PixelError {
+    fn from(_: deadline::Expired) -> Self {
+        PixelError::Deadline
+    }
+}
+
+impl From<DecodeError> for PixelError {
+    fn from(e: DecodeError) -> Self {
+        match e {
+            DecodeError::Deadline => PixelError::Deadline,
+            other => PixelError::Decode(other),
+        }
+    }
+}
+
+impl From<EncodeError> for PixelError {
+    fn from(e: EncodeError) -> Self {
+        match e {
+            EncodeError::Deadline => PixelError::Deadline,
+            other => PixelError::Encode(other),
+        }
+    }
 }
 
 /// An encoded result.
@@ -548,6 +575,53 @@ fn resolve_autoquality(o: &Options, format: Format, cfg: &EngineConfig) -> Optio
 }
 
 impl Job {
+    /// The most bytes this job is expected to hold at once (decoded source, resize
+    /// intermediate, working copies of the result, encoder state), for the gate's memory
+    /// budget. Measured peaks (VmHWM of `pixgate transform`) stay below it; see
+    /// `tests/it/hardening.rs`.
+    pub fn memory_estimate(&self) -> u64 {
+        const FIXED: u64 = 8 << 20;
+        let Some(plan) = &self.plan else {
+            // Passed through or sanitised: the bytes themselves and a copy.
+            return FIXED;
+        };
+        let channels: u64 = if self.info.has_alpha || self.info.format == Format::Svg {
+            4
+        } else {
+            3
+        };
+        let den = u64::from(self.jpeg_denominator.max(1));
+        let (sw, sh) = if self.info.format == Format::Svg {
+            (u64::from(self.render_size.0), u64::from(self.render_size.1))
+        } else {
+            (
+                u64::from(self.info.width).div_ceil(den),
+                u64::from(self.info.height).div_ceil(den),
+            )
+        };
+        // CMYK decodes to 4 bytes a pixel and converts to 3; decoders hold a second buffer
+        // (planes, rows) at most the size of the first.
+        let decoded = sw * sh * if self.info.cmyk { 7 } else { channels.max(3) } * 2;
+        let (tw, th) = (u64::from(plan.scaled_width), u64::from(plan.scaled_height));
+        // fast_image_resize runs one axis after the other: its intermediate has the
+        // target's size on one axis and the source's on the other.
+        let intermediate = (sw * th).max(tw * sh) * channels;
+        let result = u64::from(plan.width) * u64::from(plan.height);
+        // The resized image, a blurred copy and a box pass's second buffer, or a canvas
+        // and its flattened copy; then the encoder's own state (4 bytes a pixel covers
+        // mozjpeg's coefficients, libwebp's ARGB picture, libaom's frames).
+        let working = result * channels * 3 + result * 4;
+        let frames = if self.animate {
+            // One source canvas and one result frame at a time, plus the encoder's
+            // previous frames.
+            u64::from(self.info.width) * u64::from(self.info.height) * 4 * 2
+        } else {
+            0
+        };
+        let trim = if self.trim.is_some() { sw * sh * 4 } else { 0 };
+        FIXED + decoded + intermediate + working + frames + trim
+    }
+
     /// Decode → transform → encode. CPU-bound; run it off the async workers.
     pub fn run(&self, src: &[u8]) -> Result<Encoded, PixelError> {
         self.run_until(src, None)
@@ -559,10 +633,7 @@ impl Job {
         src: &[u8],
         deadline: Option<std::time::Instant>,
     ) -> Result<Encoded, PixelError> {
-        let check = || match deadline {
-            Some(d) if std::time::Instant::now() >= d => Err(PixelError::Deadline),
-            _ => Ok(()),
-        };
+        let deadline = Deadline::from_option(deadline);
         if self.sanitize_svg {
             let t = std::time::Instant::now();
             let bytes = svg::sanitize(src)?;
@@ -587,7 +658,7 @@ impl Job {
             });
         };
         if self.animate {
-            return self.run_animated(src, plan, &check);
+            return self.run_animated(src, plan, &deadline);
         }
         let mut timings = Timings::default();
         let t = std::time::Instant::now();
@@ -596,16 +667,16 @@ impl Job {
         } else if self.info.format == Format::Avif {
             avif::decode(src, &self.info, self.max_pixels)?
         } else {
-            decode::decode(src, &self.info, self.jpeg_denominator)?
+            decode::decode(src, &self.info, self.jpeg_denominator, &deadline)?
         };
         timings.decode = t.elapsed();
-        check()?;
+        deadline.check()?;
         let t = std::time::Instant::now();
         let mut image = decoded.image;
         let (mut src_w, mut src_h) = (self.info.width, self.info.height);
         let mut plan = Cow::Borrowed(plan);
         if let Some(r) = &self.trim
-            && let Some(keep) = ops::find_trim(&image, &r.spec)
+            && let Some(keep) = ops::find_trim(&image, &r.spec, &deadline)?
             && (keep.width, keep.height) != (image.width(), image.height())
         {
             // Decoded at full size for trim, so decoded and stored pixels coincide.
@@ -630,11 +701,14 @@ impl Job {
             f64::from(dh) / f64::from(src_h),
         );
         let fill = self.fill(format);
-        let img = ops::apply(image, &plan, scale, fill)?;
+        let img = ops::apply(image, &plan, scale, fill, &deadline)?;
         // Colour conversion after the resize: the same result for these smooth transfer
         // functions at a fraction of the pixels (libvips' thumbnail does the same).
         let (img, icc) = match decoded.icc {
-            Some(p) if !self.keep_icc => (color::rgb_to_srgb(&img, &p).unwrap_or(img), None),
+            Some(p) if !self.keep_icc => (
+                color::rgb_to_srgb(&img, &p, &deadline)?.unwrap_or(img),
+                None,
+            ),
             other => (img, other),
         };
         // The mark is sRGB: drawn once the pixels are (with `scp:0` and a kept profile it
@@ -647,7 +721,7 @@ impl Job {
             None => img,
         };
         timings.transform = t.elapsed();
-        check()?;
+        deadline.check()?;
         let exif = if self.keep_exif {
             // The pixels are upright after the pipeline; a kept EXIF block must say so.
             decoded.exif.map(|mut e| {
@@ -664,7 +738,7 @@ impl Job {
             exif: exif.as_deref(),
         };
         let t = std::time::Instant::now();
-        let (bytes, encodes) = self.encode_within(&img, format, meta, &check)?;
+        let (bytes, encodes) = self.encode_within(&img, format, meta, &deadline)?;
         timings.encode = t.elapsed();
         timings.encodes = encodes;
         Ok(Encoded {
@@ -685,15 +759,15 @@ impl Job {
         img: &DynamicImage,
         format: Format,
         meta: encode::Metadata<'_>,
-        check: &dyn Fn() -> Result<(), PixelError>,
+        deadline: &Deadline,
     ) -> Result<(Vec<u8>, u32), PixelError> {
         let runs = std::cell::Cell::new(0u32);
         let encode = |q: u8| {
             runs.set(runs.get() + 1);
-            encode::encode(img, format, q, &self.encoder, meta)
+            encode::encode(img, format, q, &self.encoder, meta, deadline)
         };
         let (quality, first) = match self.autoquality.filter(|_| format == self.format) {
-            Some(aq) => self.auto_quality(img, format, aq, &encode, check)?,
+            Some(aq) => self.auto_quality(img, format, aq, &encode, deadline)?,
             None => (self.quality, encode(self.quality)?),
         };
         let limit = self.max_bytes;
@@ -713,7 +787,7 @@ impl Job {
         let mut smallest = first.len() as u64;
         let mut budget = MAX_BYTES_ENCODES - 1;
         while lo <= hi && budget > 0 {
-            check()?;
+            deadline.check()?;
             let q = lo + (hi - lo).div_ceil(2);
             let out = encode(q)?;
             budget -= 1;
@@ -739,7 +813,7 @@ impl Job {
         format: Format,
         aq: AutoQuality,
         encode: &dyn Fn(u8) -> Result<Vec<u8>, EncodeError>,
-        check: &dyn Fn() -> Result<(), PixelError>,
+        deadline: &Deadline,
     ) -> Result<(u8, Vec<u8>), PixelError> {
         let (min, max) = match aq {
             AutoQuality::Dssim { min, max, .. } | AutoQuality::Size { min, max, .. } => (min, max),
@@ -771,7 +845,7 @@ impl Job {
         let mut highest_bad: Option<(u8, Vec<u8>)> = None;
         let mut budget = AUTOQUALITY_ENCODES;
         while lo <= hi && budget > 0 {
-            check()?;
+            deadline.check()?;
             let q = lo + (hi - lo) / 2;
             let bytes = encode(q)?;
             budget -= 1;
@@ -806,7 +880,7 @@ impl Job {
             // libavif refuses limits above its default; the result's own size is enough.
             avif::decode(bytes, &info, info.pixels())?.image
         } else {
-            decode::decode(bytes, &info, 1)?.image
+            decode::decode(bytes, &info, 1, &Deadline::none())?.image
         };
         Ok(img)
     }
@@ -829,7 +903,7 @@ impl Job {
         &self,
         src: &[u8],
         plan: &Plan,
-        check: &dyn Fn() -> Result<(), PixelError>,
+        deadline: &Deadline,
     ) -> Result<Encoded, PixelError> {
         let mut timings = Timings::default();
         let fill = self.fill(self.format);
@@ -861,9 +935,10 @@ impl Job {
                 plan,
                 (1.0, 1.0),
                 fill,
+                deadline,
             )?;
             let img = match &icc {
-                Some(p) => color::rgb_to_srgb(&img, p).unwrap_or(img),
+                Some(p) => color::rgb_to_srgb(&img, p, deadline)?.unwrap_or(img),
                 None => img,
             };
             let img = match (&self.watermark, &placed) {
@@ -899,7 +974,7 @@ impl Job {
             };
             w.add(&img, frame.delay_ms)?;
             timings.encode += t.elapsed();
-            check()?;
+            deadline.check()?;
         }
         let writer =
             writer.ok_or_else(|| DecodeError::Corrupt(self.info.format, "no frames".into()))?;

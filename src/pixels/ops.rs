@@ -5,6 +5,8 @@
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, GenericImage, GenericImageView, Rgba};
 
+use super::PixelError;
+use super::deadline::{Deadline, Expired};
 use crate::plan::{Plan, Rect};
 use crate::request::options::{Gravity, GravityType, Rgb, Trim};
 
@@ -58,12 +60,15 @@ pub fn orient(img: DynamicImage, angle: u16, mirror: bool, rotate: u16) -> Dynam
 
 /// Runs the plan on decoded pixels. `decoded_scale` is decoded size / source size (below 1
 /// when the decoder already shrank the image), used to map the plan's source-space crop.
+/// The deadline is checked between operations and inside the long ones (rows), so a job
+/// stops within one resize of its deadline.
 pub fn apply(
     img: DynamicImage,
     plan: &Plan,
     decoded_scale: (f64, f64),
     fill: Fill,
-) -> Result<DynamicImage, OpsError> {
+    deadline: &Deadline,
+) -> Result<DynamicImage, PixelError> {
     let img = orient(img, plan.exif_angle, plan.exif_flip, plan.rotate);
     // Orientation may have swapped the axes of the decoder's scale.
     let (sx, sy) = if (plan.exif_angle + plan.rotate) % 180 != 0 {
@@ -84,7 +89,9 @@ pub fn apply(
         crop.y = ((f64::from(y) / sy).round() as u32)
             .min(plan.oriented_height.saturating_sub(crop.height));
     }
+    deadline.check()?;
     let mut img = crop_and_resize(img, crop, plan, sx, sy)?;
+    deadline.check()?;
     if plan.flip_horizontal {
         img = img.fliph();
     }
@@ -99,20 +106,22 @@ pub fn apply(
         img = img.crop_imm(rc.x, rc.y, rc.width, rc.height);
     }
     if plan.blur_sigma > 0.0 {
-        img = img.blur(plan.blur_sigma as f32);
+        super::blur::gaussian(&mut img, plan.blur_sigma, deadline)?;
     }
     if plan.sharpen_sigma > 0.0 {
-        img = img.unsharpen(plan.sharpen_sigma as f32, 0);
+        img = super::blur::unsharpen(img, plan.sharpen_sigma, deadline)?;
     }
     if plan.pixelate > 1 {
-        img = pixelate(img, plan.pixelate);
+        img = pixelate(img, plan.pixelate, deadline)?;
     }
     if !plan.adjust.is_identity() {
-        img = adjust(img, &plan.adjust);
+        img = adjust(img, &plan.adjust, deadline)?;
     }
     for e in &plan.embeds {
+        deadline.check()?;
         img = embed(img, e.width, e.height, e.x, e.y, fill);
     }
+    deadline.check()?;
     Ok(flatten(img, fill))
 }
 
@@ -150,12 +159,13 @@ fn crop_and_resize(
 
 /// Replaces every `n`×`n` block (anchored at the top left; edge blocks are smaller) by its
 /// mean, alpha-weighted so transparent pixels do not darken their block.
-fn pixelate(img: DynamicImage, n: u32) -> DynamicImage {
+fn pixelate(img: DynamicImage, n: u32, deadline: &Deadline) -> Result<DynamicImage, Expired> {
     let had_alpha = img.color().has_alpha();
     let gray = !img.color().has_color();
     let mut rgba = img.into_rgba8();
     let (w, h) = rgba.dimensions();
     for by in (0..h).step_by(n as usize) {
+        deadline.check()?;
         for bx in (0..w).step_by(n as usize) {
             let (bw, bh) = (n.min(w - bx), n.min(h - by));
             let mut sum = [0u64; 4];
@@ -184,12 +194,16 @@ fn pixelate(img: DynamicImage, n: u32) -> DynamicImage {
             }
         }
     }
-    in_layout(rgba, had_alpha, gray)
+    Ok(in_layout(rgba, had_alpha, gray))
 }
 
 /// Brightness, contrast, saturation, then monochrome, per pixel on the sRGB values (as
 /// imgproxy's libvips `linear` operations do); alpha untouched.
-fn adjust(img: DynamicImage, a: &crate::plan::Adjust) -> DynamicImage {
+fn adjust(
+    img: DynamicImage,
+    a: &crate::plan::Adjust,
+    deadline: &Deadline,
+) -> Result<DynamicImage, Expired> {
     let tinted = a
         .monochrome
         .is_some_and(|(_, c)| !(c.0 == c.1 && c.1 == c.2));
@@ -204,7 +218,11 @@ fn adjust(img: DynamicImage, a: &crate::plan::Adjust) -> DynamicImage {
         let l = luma(r, g, b).max(1.0);
         (k, [r / l, g / l, b / l])
     });
-    for p in rgba.pixels_mut() {
+    let row = rgba.width().max(1) as usize;
+    for (i, p) in rgba.pixels_mut().enumerate() {
+        if i % (64 * row) == 0 {
+            deadline.check()?;
+        }
         let mut v = [f64::from(p[0]), f64::from(p[1]), f64::from(p[2])];
         for c in &mut v {
             *c = (*c + f64::from(a.brightness) - 128.0) * a.contrast + 128.0;
@@ -225,7 +243,7 @@ fn adjust(img: DynamicImage, a: &crate::plan::Adjust) -> DynamicImage {
             p[i] = c.round().clamp(0.0, 255.0) as u8;
         }
     }
-    in_layout(rgba, had_alpha, keep_gray)
+    Ok(in_layout(rgba, had_alpha, keep_gray))
 }
 
 /// Back from the RGBA working copy to the smallest of the four layouts that holds it.
@@ -325,31 +343,43 @@ pub fn flatten(img: DynamicImage, fill: Fill) -> DynamicImage {
 /// `threshold` in some channel (libvips `find_trim`). The border colour is `color`, else the
 /// top-left pixel; transparency counts as magenta (FF00FF), as in imgproxy. `None` when the
 /// whole image is border (nothing to keep, so nothing is trimmed).
-pub fn find_trim(img: &DynamicImage, t: &Trim) -> Option<Rect> {
+pub fn find_trim(
+    img: &DynamicImage,
+    t: &Trim,
+    deadline: &Deadline,
+) -> Result<Option<Rect>, Expired> {
     // The common layouts are read in place: a full-size decode is already the largest
     // buffer of the request, an RGBA copy of it would be a third more.
     match img {
-        DynamicImage::ImageRgb8(b) => trim_box(b.width(), b.height(), t, |x, y| {
+        DynamicImage::ImageRgb8(b) => trim_box(b.width(), b.height(), t, deadline, |x, y| {
             let p = b.get_pixel(x, y);
             [p[0], p[1], p[2], 255]
         }),
-        DynamicImage::ImageRgba8(b) => {
-            trim_box(b.width(), b.height(), t, |x, y| b.get_pixel(x, y).0)
-        }
-        DynamicImage::ImageLuma8(b) => trim_box(b.width(), b.height(), t, |x, y| {
+        DynamicImage::ImageRgba8(b) => trim_box(b.width(), b.height(), t, deadline, |x, y| {
+            b.get_pixel(x, y).0
+        }),
+        DynamicImage::ImageLuma8(b) => trim_box(b.width(), b.height(), t, deadline, |x, y| {
             let v = b.get_pixel(x, y)[0];
             [v, v, v, 255]
         }),
         other => {
             let b = other.to_rgba8();
-            trim_box(b.width(), b.height(), t, |x, y| b.get_pixel(x, y).0)
+            trim_box(b.width(), b.height(), t, deadline, |x, y| {
+                b.get_pixel(x, y).0
+            })
         }
     }
 }
 
-fn trim_box(w: u32, h: u32, t: &Trim, pixel: impl Fn(u32, u32) -> [u8; 4]) -> Option<Rect> {
+fn trim_box(
+    w: u32,
+    h: u32,
+    t: &Trim,
+    deadline: &Deadline,
+    pixel: impl Fn(u32, u32) -> [u8; 4],
+) -> Result<Option<Rect>, Expired> {
     if w == 0 || h == 0 {
-        return None;
+        return Ok(None);
     }
     let flat = |p: [u8; 4]| -> [i32; 3] {
         let a = i32::from(p[3]);
@@ -362,6 +392,9 @@ fn trim_box(w: u32, h: u32, t: &Trim, pixel: impl Fn(u32, u32) -> [u8; 4]) -> Op
     };
     let (mut left, mut right, mut top, mut bottom) = (w, 0u32, h, 0u32);
     for y in 0..h {
+        if y % 64 == 0 {
+            deadline.check()?;
+        }
         let mut first = None;
         let mut last = 0;
         for x in 0..w {
@@ -380,7 +413,7 @@ fn trim_box(w: u32, h: u32, t: &Trim, pixel: impl Fn(u32, u32) -> [u8; 4]) -> Op
         }
     }
     if left > right {
-        return None;
+        return Ok(None);
     }
     let (mut x0, mut x1, mut y0, mut y1) = (left, right + 1, top, bottom + 1);
     if t.equal_hor {
@@ -391,12 +424,12 @@ fn trim_box(w: u32, h: u32, t: &Trim, pixel: impl Fn(u32, u32) -> [u8; 4]) -> Op
         let cut = y0.min(h - y1);
         (y0, y1) = (cut, h - cut);
     }
-    Some(Rect {
+    Ok(Some(Rect {
         x: x0,
         y: y0,
         width: x1 - x0,
         height: y1 - y0,
-    })
+    }))
 }
 
 /// A watermark scaled and faded for one result size, with where it goes.

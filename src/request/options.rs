@@ -808,8 +808,11 @@ fn apply(
                 o.background = Some(parse_color_args(name, args)?);
             }
         }
-        "blur" | "bl" => o.blur = non_negative_float(name, args)?,
-        "sharpen" | "sh" => o.sharpen = non_negative_float(name, args)?,
+        // imgproxy takes any sigma ≥ 0; past these the result no longer changes visibly (a
+        // blur of 1000 px is the image's edge-weighted mean on any result pixgate makes),
+        // so larger values mean these and share their cache entry.
+        "blur" | "bl" => o.blur = non_negative_float(name, args)?.min(MAX_BLUR_SIGMA),
+        "sharpen" | "sh" => o.sharpen = non_negative_float(name, args)?.min(MAX_SHARPEN_SIGMA),
         "pixelate" | "pix" => o.pixelate = parse_dimension(name, exactly_one(name, args)?)?,
         "watermark" | "wm" => {
             max_args(name, args, 7)?;
@@ -1024,6 +1027,11 @@ fn apply(
     }
     Ok(())
 }
+
+/// Largest `blur` sigma, in pixels: larger values are read as this.
+pub const MAX_BLUR_SIGMA: f64 = 1000.0;
+/// Largest `sharpen` sigma, in pixels: larger values are read as this.
+pub const MAX_SHARPEN_SIGMA: f64 = 100.0;
 
 fn parse_quality(name: &str, s: &str) -> Result<u8, OptionsError> {
     let q: i64 = parse_int(name, s)?;

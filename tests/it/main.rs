@@ -11,6 +11,7 @@ mod composition;
 mod effects;
 mod formats;
 mod golden;
+mod hardening;
 mod harness;
 mod hostile;
 mod info;
