@@ -186,13 +186,23 @@ pub fn metadata(data: &[u8]) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
         return (None, None);
     };
     let img = dec.image();
-    (rw_bytes(&img.icc), rw_bytes(&img.exif))
+    (icc_of(img), exif_of(img))
 }
 
-fn rw_bytes(d: &sys::avifRWData) -> Option<Vec<u8>> {
+/// A metadata buffer libavif holds, when it is within `max` bytes (larger ones are dropped,
+/// never copied).
+fn rw_bytes(d: &sys::avifRWData, max: usize) -> Option<Vec<u8>> {
     // SAFETY: libavif keeps `size` bytes at `data` while the image lives.
-    (d.size > 0 && !d.data.is_null())
+    (d.size > 0 && d.size <= max && !d.data.is_null())
         .then(|| unsafe { std::slice::from_raw_parts(d.data, d.size) }.to_vec())
+}
+
+fn icc_of(img: &sys::avifImage) -> Option<Vec<u8>> {
+    rw_bytes(&img.icc, super::metadata::MAX_ICC_BYTES)
+}
+
+fn exif_of(img: &sys::avifImage) -> Option<Vec<u8>> {
+    rw_bytes(&img.exif, super::metadata::MAX_EXIF_BYTES)
 }
 
 /// An 8-bit RGB or RGBA description matching `image`'s size, with no pixel buffer yet.
@@ -268,8 +278,8 @@ pub fn decode(data: &[u8], info: &SourceInfo, max_pixels: u64) -> Result<Decoded
         .ok_or_else(|| corrupt("short buffer".into()))?;
         Ok(Decoded {
             image,
-            icc: rw_bytes(&(*img).icc),
-            exif: rw_bytes(&(*img).exif),
+            icc: icc_of(&*img),
+            exif: exif_of(&*img),
         })
     }
 }

@@ -100,11 +100,16 @@ fn decode_with_image(
     // (a lying container) is refused rather than trusted.
     limits.max_image_width = Some(info.width.max(1));
     limits.max_image_height = Some(info.height.max(1));
-    let mut reader = image::ImageReader::with_format(Cursor::new(data), format);
+    let data = if format == ImageFormat::Png {
+        super::metadata::png_within_limits(data)
+    } else {
+        std::borrow::Cow::Borrowed(data)
+    };
+    let mut reader = image::ImageReader::with_format(Cursor::new(&data[..]), format);
     reader.limits(limits);
     let mut decoder = reader.into_decoder().map_err(corrupt)?;
-    let icc = decoder.icc_profile().ok().flatten();
-    let exif = decoder.exif_metadata().ok().flatten();
+    let icc = super::metadata::bounded_icc(decoder.icc_profile().ok().flatten());
+    let exif = super::metadata::bounded_exif(decoder.exif_metadata().ok().flatten());
     let image = DynamicImage::from_decoder(decoder).map_err(corrupt)?;
     Ok(Decoded {
         image: to_8bit(image),
@@ -323,9 +328,14 @@ fn decode_gif(data: &[u8], info: &SourceInfo) -> Result<Decoded, DecodeError> {
     })
 }
 
-/// Joins ICC_PROFILE APP2 chunks in sequence order; an incomplete or inconsistent set is
-/// dropped (the image is then treated as sRGB), never an error.
+/// Joins ICC_PROFILE APP2 chunks in sequence order; an incomplete or inconsistent set, or
+/// one larger than `metadata::MAX_ICC_BYTES`, is dropped (the image is then treated as
+/// sRGB), never an error.
 pub(crate) fn assemble_icc(mut chunks: Vec<(u8, u8, &[u8])>) -> Option<Vec<u8>> {
+    let size: usize = chunks.iter().map(|c| c.2.len()).sum();
+    if size > super::metadata::MAX_ICC_BYTES {
+        return None;
+    }
     let total = chunks.first()?.1;
     if total == 0 || chunks.len() != usize::from(total) || chunks.iter().any(|c| c.1 != total) {
         return None;
@@ -389,8 +399,8 @@ fn decode_webp(data: &[u8], info: &SourceInfo) -> Result<Decoded, DecodeError> {
     };
     Ok(Decoded {
         image,
-        icc: webp_chunk(data, b"ICCP"),
-        exif: webp_chunk(data, b"EXIF"),
+        icc: webp_icc(data),
+        exif: webp_exif(data),
     })
 }
 
@@ -406,22 +416,26 @@ fn first_webp_frame(data: &[u8]) -> Option<DynamicImage> {
 
 /// The ICC profile of a WebP file.
 pub fn webp_icc(data: &[u8]) -> Option<Vec<u8>> {
-    webp_chunk(data, b"ICCP")
+    webp_chunk(data, b"ICCP", super::metadata::MAX_ICC_BYTES)
 }
 
 /// The EXIF chunk of a WebP file, as stored.
 pub fn webp_exif(data: &[u8]) -> Option<Vec<u8>> {
-    webp_chunk(data, b"EXIF")
+    webp_chunk(data, b"EXIF", super::metadata::MAX_EXIF_BYTES)
 }
 
-/// A top-level RIFF chunk's payload (ICCP, EXIF), bounded by the data.
-fn webp_chunk(d: &[u8], kind: &[u8; 4]) -> Option<Vec<u8>> {
+/// A top-level RIFF chunk's payload (ICCP, EXIF), bounded by the data; `None` when it is
+/// larger than `max` (dropped, never copied).
+fn webp_chunk(d: &[u8], kind: &[u8; 4], max: usize) -> Option<Vec<u8>> {
     let mut pos = 12;
     while pos + 8 <= d.len() {
         let len = u32::from_le_bytes([d[pos + 4], d[pos + 5], d[pos + 6], d[pos + 7]]) as usize;
         let end = (pos + 8).checked_add(len)?;
         if &d[pos..pos + 4] == kind {
-            return d.get(pos + 8..end).map(<[u8]>::to_vec);
+            return d
+                .get(pos + 8..end)
+                .filter(|c| c.len() <= max)
+                .map(<[u8]>::to_vec);
         }
         pos = end + (len & 1);
     }

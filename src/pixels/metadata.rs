@@ -1,8 +1,73 @@
-//! What survives `strip_metadata`: with `keep_copyright`, the EXIF Copyright and Artist
-//! tags of the source, rewritten as a minimal EXIF block (kamadak-exif reads and writes it;
-//! everything else, GPS positions and camera serials included, is dropped).
+//! Source metadata: the ceilings every ICC profile and EXIF block is held to (whatever the
+//! container, compressed or not: a PNG iCCP chunk is inflated only up to the ceiling, and a
+//! larger one is dropped while the image still decodes), and what survives
+//! `strip_metadata`: with `keep_copyright`, the EXIF Copyright and Artist tags of the source,
+//! rewritten as a minimal EXIF block (kamadak-exif reads and writes it; everything else, GPS
+//! positions and camera serials included, is dropped).
+
+use std::borrow::Cow;
 
 use exif::{In, Tag};
+
+/// Largest ICC profile kept, bytes. Real profiles are 0.5–60 KB (LUT-based print profiles
+/// reach ~1 MB); anything larger is treated as absent (the pixels as sRGB).
+pub const MAX_ICC_BYTES: usize = 4 << 20;
+/// Largest EXIF block kept, bytes (JPEG's APP1 cannot carry more than 64 KB; other
+/// containers get this much room).
+pub const MAX_EXIF_BYTES: usize = 1 << 20;
+
+/// `icc` when it is within [`MAX_ICC_BYTES`].
+pub fn bounded_icc(icc: Option<Vec<u8>>) -> Option<Vec<u8>> {
+    icc.filter(|p| p.len() <= MAX_ICC_BYTES)
+}
+
+/// `exif` when it is within [`MAX_EXIF_BYTES`].
+pub fn bounded_exif(exif: Option<Vec<u8>>) -> Option<Vec<u8>> {
+    exif.filter(|e| e.len() <= MAX_EXIF_BYTES)
+}
+
+/// A PNG whose iCCP chunk inflates within [`MAX_ICC_BYTES`]: the bytes themselves; when the
+/// chunk inflates past it (or not at all), a copy without that chunk, so the decoder never
+/// inflates it (the png crate would, up to its allocation limit). Inflating stops at the
+/// ceiling: a 512 MiB zlib bomb costs 4 MiB here.
+pub fn png_within_limits(data: &[u8]) -> Cow<'_, [u8]> {
+    let Some((start, end, chunk)) = png_chunk(data, b"iCCP") else {
+        return Cow::Borrowed(data);
+    };
+    // Keyword (1-79 bytes), NUL, compression method (0), then the zlib stream.
+    let inflates = chunk
+        .iter()
+        .position(|&b| b == 0)
+        .and_then(|nul| chunk.get(nul + 2..))
+        .is_some_and(|z| fdeflate::decompress_to_vec_bounded(z, MAX_ICC_BYTES).is_ok());
+    if inflates {
+        return Cow::Borrowed(data);
+    }
+    tracing::debug!("PNG iCCP chunk inflates past {MAX_ICC_BYTES} bytes or not at all: dropped");
+    let mut copy = Vec::with_capacity(data.len() - (end - start));
+    copy.extend_from_slice(&data[..start]);
+    copy.extend_from_slice(&data[end..]);
+    Cow::Owned(copy)
+}
+
+/// The first chunk of `kind` before the image data: (its offset, the offset after its CRC,
+/// its data).
+fn png_chunk<'a>(data: &'a [u8], kind: &[u8; 4]) -> Option<(usize, usize, &'a [u8])> {
+    let mut pos = 8;
+    while pos + 12 <= data.len() {
+        let len = u32::from_be_bytes(data[pos..pos + 4].try_into().ok()?) as usize;
+        let end = pos.checked_add(12)?.checked_add(len)?;
+        let t = &data[pos + 4..pos + 8];
+        if t == b"IDAT" || t == b"IEND" || end > data.len() {
+            return None;
+        }
+        if t == kind {
+            return Some((pos, end, &data[pos + 8..pos + 8 + len]));
+        }
+        pos = end;
+    }
+    None
+}
 
 /// A TIFF-structured EXIF block holding only the source's Copyright and Artist, or `None`
 /// when the source has neither (or its EXIF is unreadable).

@@ -334,18 +334,20 @@ pub fn header_metadata(d: &[u8], format: Format) -> (Option<Vec<u8>>, Option<Vec
         ),
         Format::Avif => super::avif::metadata(d),
         Format::Png | Format::Tiff => {
-            let image_format = if format == Format::Png {
-                image::ImageFormat::Png
+            use super::metadata::{bounded_exif, bounded_icc, png_within_limits};
+            let (image_format, d) = if format == Format::Png {
+                (image::ImageFormat::Png, png_within_limits(d))
             } else {
-                image::ImageFormat::Tiff
+                (image::ImageFormat::Tiff, std::borrow::Cow::Borrowed(d))
             };
-            let reader = image::ImageReader::with_format(std::io::Cursor::new(d), image_format);
+            let reader =
+                image::ImageReader::with_format(std::io::Cursor::new(&d[..]), image_format);
             match reader.into_decoder() {
                 Ok(mut dec) => {
                     use image::ImageDecoder;
                     (
-                        dec.icc_profile().ok().flatten(),
-                        dec.exif_metadata().ok().flatten(),
+                        bounded_icc(dec.icc_profile().ok().flatten()),
+                        bounded_exif(dec.exif_metadata().ok().flatten()),
                     )
                 }
                 Err(_) => (None, None),

@@ -314,3 +314,202 @@ fn generated_hostile_files_are_survived_within_bounds() {
         );
     }
 }
+
+/// 512 MiB of zeros as one zlib stream (about 0.5 MB).
+fn zlib_bomb_512mib() -> Vec<u8> {
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    let block = vec![0u8; 1 << 20];
+    for _ in 0..512 {
+        z.write_all(&block).unwrap();
+    }
+    z.finish().unwrap()
+}
+
+/// An 8x8 RGB PNG with `chunks` before its image data.
+fn png_with(chunks: &[(&[u8; 4], Vec<u8>)]) -> Vec<u8> {
+    let mut out = png_header(8, 8, 2);
+    for (kind, data) in chunks {
+        png_chunk(&mut out, kind, data);
+    }
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(&[0u8; 8 * 25]).unwrap();
+    png_chunk(&mut out, b"IDAT", &z.finish().unwrap());
+    png_chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+/// A small photo encoded by pixgate's own encoders with `icc` and `exif` embedded.
+fn photo_with_metadata(format: pixgate::Format, icc: &[u8], exif: &[u8]) -> Vec<u8> {
+    use pixgate::pixels::encode::{EncoderConfig, Metadata, encode};
+    let img = image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(64, 48, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 5) as u8, 90])
+    }));
+    let meta = Metadata {
+        icc: Some(icc),
+        exif: Some(exif),
+    };
+    encode(
+        &img,
+        format,
+        80,
+        &EncoderConfig::default(),
+        meta,
+        &pixgate::pixels::Deadline::none(),
+    )
+    .unwrap()
+}
+
+/// A baseline 8x8 greyscale TIFF whose ICC tag (34675) holds `icc_len` bytes.
+fn tiff_with_icc(icc_len: usize) -> Vec<u8> {
+    let entries: u16 = 9;
+    let ifd = 8u32;
+    let after_ifd = ifd + 2 + u32::from(entries) * 12 + 4;
+    let pixels_at = after_ifd;
+    let icc_at = pixels_at + 64;
+    let mut out = b"II*\0".to_vec();
+    out.extend_from_slice(&ifd.to_le_bytes());
+    out.extend_from_slice(&entries.to_le_bytes());
+    let mut entry = |tag: u16, kind: u16, count: u32, value: u32| {
+        out.extend_from_slice(&tag.to_le_bytes());
+        out.extend_from_slice(&kind.to_le_bytes());
+        out.extend_from_slice(&count.to_le_bytes());
+        out.extend_from_slice(&value.to_le_bytes());
+    };
+    entry(256, 3, 1, 8); // width
+    entry(257, 3, 1, 8); // height
+    entry(258, 3, 1, 8); // bits per sample
+    entry(259, 3, 1, 1); // no compression
+    entry(262, 3, 1, 1); // black is zero
+    entry(273, 4, 1, pixels_at); // strip offsets
+    entry(278, 3, 1, 8); // rows per strip
+    entry(279, 4, 1, 64); // strip byte counts
+    entry(34675, 7, icc_len as u32, icc_at); // ICC profile (undefined bytes)
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend((0..64u8).map(|i| i * 4));
+    out.resize(out.len() + icc_len, 0x41);
+    out
+}
+
+/// Every metadata path that inflates or copies: each source decodes, its oversized profile
+/// or EXIF block is dropped (never inflated past the ceiling, never copied into the
+/// output), and the run stays small — with metadata kept (`sm:0/scp:0`) as well.
+#[test]
+fn oversized_and_compressed_metadata_is_capped_while_the_image_decodes() {
+    use pixgate::Format;
+    let dir = TempDir::new("hostile-meta");
+    let bomb = zlib_bomb_512mib();
+    let big = vec![0x5Au8; 8 << 20];
+    let tiff_exif = {
+        let mut e = b"MM\0*\0\0\0\x08".to_vec();
+        e.resize(8 << 20, 0);
+        e
+    };
+    let mut iccp = b"bomb\0\0".to_vec();
+    iccp.extend_from_slice(&bomb);
+    let mut itxt = b"comment\0\x01\0\0\0".to_vec();
+    itxt.extend_from_slice(&bomb);
+    let mut ztxt = b"comment\0\0".to_vec();
+    ztxt.extend_from_slice(&bomb);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "png_iccp_zlib_bomb_512MiB.png",
+            png_with(&[(b"iCCP", iccp)]),
+        ),
+        (
+            "png_itxt_zlib_bomb_512MiB.png",
+            png_with(&[(b"iTXt", itxt)]),
+        ),
+        (
+            "png_ztxt_zlib_bomb_512MiB.png",
+            png_with(&[(b"zTXt", ztxt)]),
+        ),
+        (
+            "png_exif_8MiB.png",
+            png_with(&[(b"eXIf", tiff_exif.clone())]),
+        ),
+        // 8 MiB profiles written by pixgate's own encoders (JPEG: 129 APP2 chunks; PNG:
+        // deflated to a small iCCP that inflates to 8 MiB; WebP: ICCP and EXIF chunks;
+        // AVIF: a colr box and an Exif item).
+        (
+            "jpeg_icc_8MiB.jpg",
+            photo_with_metadata(Format::Jpeg, &big, &[]),
+        ),
+        (
+            "png_icc_8MiB.png",
+            photo_with_metadata(Format::Png, &big, &[]),
+        ),
+        (
+            "webp_icc_exif_8MiB.webp",
+            photo_with_metadata(Format::Webp, &big, &tiff_exif),
+        ),
+        (
+            "avif_icc_exif_8MiB.avif",
+            photo_with_metadata(Format::Avif, &big, &tiff_exif),
+        ),
+        ("tiff_icc_8MiB.tiff", tiff_with_icc(8 << 20)),
+    ];
+    for (name, bytes) in cases {
+        let input = dir.path(name);
+        std::fs::write(&input, &bytes).unwrap();
+        for opts in ["rs:fit:50:50", "rs:fit:50:50/sm:0/scp:0"] {
+            let out = dir.path("out");
+            let run = run_pixgate(
+                &["transform", path_str(&input), opts, path_str(&out)],
+                HANG_GUARD,
+            );
+            assert_eq!(run.code, Some(0), "{name} {opts}: {}", run.stderr);
+            assert!(
+                run.max_rss_kib < 160 * 1024,
+                "{name} {opts}: peak RSS {} MiB",
+                run.max_rss_kib / 1024
+            );
+            let out = std::fs::read(&out).unwrap();
+            assert!(
+                out.len() < 1 << 20,
+                "{name} {opts}: {} bytes of metadata copied into the output",
+                out.len()
+            );
+            eprintln!("{name} {opts}: peak RSS {} MiB", run.max_rss_kib / 1024);
+        }
+    }
+}
+
+/// `/info` reads the same metadata; four concurrent bombs stay small.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_on_metadata_bombs_stays_small() {
+    let dir = TempDir::new("hostile-info");
+    let mut iccp = b"bomb\0\0".to_vec();
+    iccp.extend_from_slice(&zlib_bomb_512mib());
+    std::fs::write(dir.path("bomb.png"), png_with(&[(b"iCCP", iccp)])).unwrap();
+    let root = path_str(&dir.0).to_string();
+    let (mut child, addr) = crate::harness::spawn_binary(
+        &[("PIXGATE_LOG_LEVEL", "warn"), ("PIXGATE_LOCAL_ROOT", &root)],
+        false,
+    );
+    let pid = child.id();
+    for path in [
+        "/info/insecure/plain/local:///bomb.png",
+        "/insecure/w:20/cb:1/plain/local:///bomb.png",
+    ] {
+        let all = (0..4).map(|i| {
+            let url = format!("http://{addr}{path}?n={i}");
+            tokio::spawn(async move { crate::harness::get(&url, &[]).await.status })
+        });
+        for s in futures_util::future::join_all(all).await {
+            assert_eq!(s.unwrap(), 200, "{path}");
+        }
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let hwm: i64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    eprintln!(
+        "/info and transforms of 4 concurrent iCCP bombs: peak RSS {} MiB",
+        hwm / 1024
+    );
+    assert!(hwm < 192 * 1024, "peak RSS {} MiB", hwm / 1024);
+}
