@@ -1,6 +1,6 @@
-//! Cost of the policy on the request path: one `decide` call in a pooled Lua VM (the shipped
-//! policy, anonymous and keyed) and the same plus the GCRA bucket check. `cargo bench --bench
-//! policy`.
+//! Cost of the policy on the request path: one `decide` call handed to a policy thread and
+//! answered (the shipped policy, anonymous and keyed), and the same plus the GCRA bucket
+//! check. `cargo bench --bench policy`.
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -15,8 +15,11 @@ fn policy() -> Policy {
         limits: VmLimits {
             memory: 64 << 20,
             instructions: 200_000,
+            timeout: std::time::Duration::from_millis(50),
         },
         max_buckets: 1_000_000,
+        threads: 1,
+        error_rate: 10.0,
     })
     .expect("the shipped policy loads")
 }
@@ -38,15 +41,15 @@ fn bench(c: &mut Criterion) {
         ..anonymous.clone()
     };
     c.bench_function("policy decide, anonymous", |b| {
-        b.iter(|| black_box(p.decide(black_box(&anonymous)).unwrap()))
+        b.iter(|| black_box(p.decide_blocking(black_box(&anonymous)).unwrap()))
     });
     c.bench_function("policy decide, keyed", |b| {
-        b.iter(|| black_box(p.decide(black_box(&keyed)).unwrap()))
+        b.iter(|| black_box(p.decide_blocking(black_box(&keyed)).unwrap()))
     });
     // Most iterations are refusals once the 2,000/s bucket is drained; a refusal walks the
     // same path as an admission (one GCRA compare-and-swap).
     c.bench_function("policy check (decide + GCRA)", |b| {
-        b.iter(|| black_box(p.check(black_box(&keyed))))
+        b.iter(|| black_box(p.check_blocking(black_box(&keyed))))
     });
 }
 

@@ -32,16 +32,28 @@ CONTRACT
       retry_after = seconds }                          -- status default 403
   Any other field is an error (typos like `brust` are caught).
 
-  The sandbox: string, table, math, utf8, os.time/clock/date/difftime, print (goes to
-  pixgate's log), require (only .lua files in this folder: require "keys" reads keys.lua).
-  No io, os.execute, load, dofile, debug or bytecode. Each call may run
-  `policy_max_instructions` Lua instructions; each VM may hold `policy_memory_limit` bytes.
-  When decide fails at run time, `policy_on_error` ("allow" by default) decides.
+  TESTS: the global `tests` table below lists requests and the decision each must get
+  (`req` fields default to an anonymous GET from 203.0.113.7; `key = false` means no key;
+  `expect` names the fields to compare, `allow` always). `pixgate policy check` and every
+  live reload run them and refuse the edit when one fails; `check` also names the lines of
+  decide no test reached. Add a test for every branch you add.
 
-  Editing: save the file (or `kill -HUP`); pixgate compiles it in a fresh VM, runs it on
-  canned requests and swaps only if that works. A broken edit keeps the old policy and logs
-  the error with file:line. Try first:  pixgate policy check lua/policy.lua
-                                        pixgate policy eval lua/policy.lua --key demo-free
+  The sandbox: string, table, math, utf8, os.time/clock/date/difftime, print (goes to
+  pixgate's log, at most 2 KB a call and 50 lines a second), require (only .lua files in
+  this folder: require "keys" reads keys.lua). No io, os.execute, load, dofile, debug,
+  bytecode or __gc finalizers. Each call may run `policy_max_instructions` Lua instructions
+  and take `policy_timeout` seconds (string patterns count too: find/match/gsub/gmatch are
+  pixgate's, with Lua's syntax); each VM may hold `policy_memory_limit` bytes.
+  When decide fails at run time (an error, a budget, a bad table), the failure is counted
+  and logged with its line, and `policy_on_error` decides: "allow" (the default) serves the
+  request within `policy_error_rate` requests a second per key or address; "deny" answers
+  503.
+
+  Editing: save the file (or `kill -HUP`); pixgate compiles it in a fresh VM off the
+  serving threads, runs it on canned requests and the tests, and swaps only if all of that
+  works within 10 s. A broken edit keeps the old policy and logs the error with file:line.
+  Try first:  pixgate policy check lua/policy.lua
+              pixgate policy eval lua/policy.lua --key demo-free
   More examples in lua/examples/.
 ]]
 
@@ -76,3 +88,28 @@ function decide(req)
   end
   return { allow = true, bucket = "key:" .. req.key, rate = plan.rate, burst = plan.burst }
 end
+
+-- Every plan and every key state, checked on each edit (see TESTS above).
+tests = {
+  { name = "anonymous clients share a per-address bucket",
+    req = { key = false, ip = "198.51.100.9" },
+    expect = { allow = true, bucket = "ip:198.51.100.9", rate = 100, burst = 200 } },
+  { name = "free plan",
+    req = { key = "demo-free" },
+    expect = { allow = true, bucket = "key:demo-free", rate = 10, burst = 20 } },
+  { name = "pro plan",
+    req = { key = "demo-pro" },
+    expect = { allow = true, bucket = "key:demo-pro", rate = 200, burst = 400 } },
+  { name = "enterprise plan",
+    req = { key = "demo-enterprise" },
+    expect = { allow = true, bucket = "key:demo-enterprise", rate = 2000, burst = 4000 } },
+  { name = "blocked key",
+    req = { key = "demo-blocked" },
+    expect = { allow = false, status = 403, reason = "This API key is blocked" } },
+  { name = "key without an active plan",
+    req = { key = "demo-lapsed" },
+    expect = { allow = false, status = 402 } },
+  { name = "unknown key",
+    req = { key = "no-such-key" },
+    expect = { allow = false, status = 401, reason = "Unknown API key" } },
+}

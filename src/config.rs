@@ -160,6 +160,14 @@ pub struct RawConfig {
     pub policy_memory_limit: u64,
     /// Lua instructions one `decide` call may run.
     pub policy_max_instructions: u64,
+    /// Seconds one `decide` call may take (a script's top level gets 100 times this).
+    pub policy_timeout: f64,
+    /// Threads running `decide`, off the async runtime; 0 = the number of cores.
+    pub policy_threads: usize,
+    /// With `policy_on_error = "allow"`: requests a second each API key (or client address)
+    /// gets while `decide` fails; 0 = unlimited (not recommended: a typo would lift every
+    /// limit).
+    pub policy_error_rate: f64,
     /// Rate-limit buckets held at once (refilled buckets are swept and cost nothing).
     pub policy_max_buckets: usize,
     /// Proxies (addresses or CIDR blocks) whose `X-Forwarded-For`/`X-Real-IP` are believed.
@@ -239,6 +247,9 @@ impl Default for RawConfig {
             policy_on_error: "allow".into(),
             policy_memory_limit: 64 * 1024 * 1024,
             policy_max_instructions: 200_000,
+            policy_timeout: 0.05,
+            policy_threads: 0,
+            policy_error_rate: 10.0,
             policy_max_buckets: 1_000_000,
             trusted_proxies: Vec::new(),
         }
@@ -251,6 +262,8 @@ impl RawConfig {
         VmLimits {
             memory: usize::try_from(self.policy_memory_limit).unwrap_or(usize::MAX),
             instructions: i64::try_from(self.policy_max_instructions).unwrap_or(i64::MAX),
+            timeout: Duration::try_from_secs_f64(self.policy_timeout)
+                .unwrap_or(Duration::from_millis(50)),
         }
     }
 }
@@ -745,11 +758,22 @@ pub fn validate(raw: RawConfig) -> Result<Config, Vec<String>> {
     if raw.policy_max_buckets == 0 {
         p.push("policy_max_buckets must be > 0".into());
     }
+    if !(raw.policy_timeout.is_finite() && (0.001..=10.0).contains(&raw.policy_timeout)) {
+        p.push(format!(
+            "policy_timeout: {} is not a number of seconds within 0.001..=10",
+            raw.policy_timeout
+        ));
+    }
+    if !(raw.policy_error_rate.is_finite() && raw.policy_error_rate >= 0.0) {
+        p.push("policy_error_rate must be a number ≥ 0 (0 = unlimited)".into());
+    }
     let policy = policy_file.map(|file| PolicySettings {
         file,
         on_error,
         limits: raw.policy_limits(),
         max_buckets: raw.policy_max_buckets,
+        threads: raw.policy_threads,
+        error_rate: raw.policy_error_rate,
     });
     let mut trusted_proxies = Vec::new();
     for n in &raw.trusted_proxies {

@@ -410,8 +410,8 @@ impl<'a> Caller<'a> {
 }
 
 /// Runs the policy; `Ok` when the request may proceed.
-fn admit(policy: &Policy, view: &PolicyRequest) -> Result<(), Error> {
-    match policy.check(view) {
+async fn admit(policy: &Policy, view: &PolicyRequest) -> Result<(), Error> {
+    match policy.check(view).await {
         Verdict::Allow => Ok(()),
         Verdict::Deny {
             status,
@@ -447,7 +447,7 @@ async fn transform(
     // Before the cache: limits count hits too.
     if let (Some(policy), Some(caller)) = (&state.policy, caller) {
         let t = Instant::now();
-        let verdict = admit(policy, &caller.view(&parsed, choice));
+        let verdict = admit(policy, &caller.view(&parsed, choice)).await;
         trace.policy = Some(t.elapsed());
         verdict?;
     }
@@ -506,7 +506,7 @@ async fn describe(
     let parsed = url::parse(target, &state.url_context(now))?;
     let choice = FormatChoice::SourceDefault;
     if let (Some(policy), Some(caller)) = (&state.policy, caller) {
-        admit(policy, &caller.view(&parsed, choice))?;
+        admit(policy, &caller.view(&parsed, choice)).await?;
     }
     let src = state.source(&parsed).await?;
     let info = crate::info::describe(&src.bytes, &parsed.options, &state.config.engine)?;
@@ -605,23 +605,23 @@ async fn upload(
     let now = crate::now_unix();
     let c = &state.config;
     let accept = headers.get(ACCEPT).and_then(|v| v.to_str().ok());
-    let checked = url::parse_upload(target, &state.url_context(now))
-        .map_err(Error::from)
-        .and_then(|parsed| {
-            let (choice, vary) = negotiate::negotiate(
-                parsed.options.format,
-                accept,
-                c.raw.auto_format,
-                c.raw.enforce_format,
-            );
-            if let Some(policy) = &state.policy {
-                let t = Instant::now();
-                let verdict = admit(policy, &caller.view(&parsed, choice));
-                trace.policy = Some(t.elapsed());
-                verdict?;
-            }
-            Ok((parsed, choice, vary))
-        });
+    let checked = async {
+        let parsed = url::parse_upload(target, &state.url_context(now))?;
+        let (choice, vary) = negotiate::negotiate(
+            parsed.options.format,
+            accept,
+            c.raw.auto_format,
+            c.raw.enforce_format,
+        );
+        if let Some(policy) = &state.policy {
+            let t = Instant::now();
+            let verdict = admit(policy, &caller.view(&parsed, choice)).await;
+            trace.policy = Some(t.elapsed());
+            verdict?;
+        }
+        Ok::<_, Error>((parsed, choice, vary))
+    }
+    .await;
     let (mut parsed, choice, vary) = match checked {
         Ok(c) => c,
         Err(e) => {

@@ -345,27 +345,51 @@ fn policy(command: PolicyCommand) -> ExitCode {
     };
     let limits = cfg.raw.policy_limits();
     match command {
-        PolicyCommand::Check { .. } => match policy::check_script(&script, limits) {
-            Ok(decisions) => {
-                for (req, d) in decisions {
-                    let mut line = d.to_json();
-                    line["request"] = serde_json::json!(format!(
-                        "{} {} from {}{}",
-                        req.method,
-                        req.path,
-                        req.ip,
-                        req.key.map(|k| format!(" key {k}")).unwrap_or_default()
-                    ));
-                    println!("{line}");
+        PolicyCommand::Check { .. } => {
+            match policy::within(policy::RELOAD_TIMEOUT, "the check", move || {
+                policy::check_script(&script, limits, true)
+            }) {
+                Ok(report) => {
+                    for (req, d) in report.decisions {
+                        let mut line = d.to_json();
+                        line["request"] = serde_json::json!(format!(
+                            "{} {} from {}{}",
+                            req.method,
+                            req.path,
+                            req.ip,
+                            req.key.map(|k| format!(" key {k}")).unwrap_or_default()
+                        ));
+                        println!("{line}");
+                    }
+                    for (name, d) in &report.tests {
+                        let mut line = d.to_json();
+                        line["test"] = serde_json::json!(name);
+                        println!("{line}");
+                    }
+                    if report.tests.is_empty() {
+                        println!(
+                            "warning: the policy declares no tests (a global `tests` table): a typo in a branch the canned requests do not reach goes unnoticed until it serves"
+                        );
+                    } else if !report.uncovered.is_empty() {
+                        println!(
+                            "warning: lines of decide ({}) no test reached: {}",
+                            report.decide_at,
+                            line_ranges(&report.uncovered)
+                        );
+                    }
+                    println!(
+                        "policy ok: {} ({} tests passed)",
+                        file.display(),
+                        report.tests.len()
+                    );
+                    ExitCode::SUCCESS
                 }
-                println!("policy ok: {}", file.display());
-                ExitCode::SUCCESS
+                Err(e) => {
+                    eprintln!("pixgate: policy check failed: {e}");
+                    ExitCode::from(1)
+                }
             }
-            Err(e) => {
-                eprintln!("pixgate: policy check failed: {e}");
-                ExitCode::from(1)
-            }
-        },
+        }
         PolicyCommand::Eval {
             path,
             key,
@@ -412,7 +436,10 @@ fn policy(command: PolicyCommand) -> ExitCode {
                     }
                 }
             };
-            match policy::eval_once(&script, limits, &req) {
+            let run = policy::within(policy::RELOAD_TIMEOUT, "the evaluation", move || {
+                policy::eval_once(&script, limits, &req)
+            });
+            match run {
                 Ok(d) => {
                     println!("{}", d.to_json());
                     ExitCode::SUCCESS
@@ -424,6 +451,27 @@ fn policy(command: PolicyCommand) -> ExitCode {
             }
         }
     }
+}
+
+/// `3, 5-7, 10` for sorted line numbers.
+fn line_ranges(lines: &[usize]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let start = lines[i];
+        let mut end = start;
+        while i + 1 < lines.len() && lines[i + 1] == end + 1 {
+            i += 1;
+            end = lines[i];
+        }
+        out.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}-{end}")
+        });
+        i += 1;
+    }
+    out.join(", ")
 }
 
 fn main() -> ExitCode {

@@ -128,6 +128,9 @@ pub struct Metrics {
     cache_entries: IntGaugeVec,
     policy_decisions: IntCounterVec,
     policy_errors: IntCounter,
+    policy_abandoned: IntCounter,
+    policy_replaced: IntCounter,
+    policy_threads: IntGauge,
     policy_reloads: IntCounterVec,
     policy_generation: IntGauge,
     scrape: Mutex<()>,
@@ -332,7 +335,7 @@ impl Metrics {
             policy_decisions: counter_vec(
                 &r,
                 "pixgate_policy_decisions_total",
-                "Policy outcomes: allow, deny, limited, error.",
+                "Policy outcomes: allow, deny, limited (by the policy's bucket or, while decide fails, by policy_error_rate), error (decide failed).",
                 &["outcome"],
             ),
             policy_errors: counter(
@@ -340,6 +343,17 @@ impl Metrics {
                 "pixgate_policy_errors_total",
                 "decide() failures (Lua error, budget, memory, bad table).",
             ),
+            policy_abandoned: counter(
+                &r,
+                "pixgate_policy_abandoned_total",
+                "decide() calls the watchdog told to stop (past their deadline).",
+            ),
+            policy_replaced: counter(
+                &r,
+                "pixgate_policy_threads_replaced_total",
+                "Policy threads given up as stuck and replaced.",
+            ),
+            policy_threads: gauge(&r, "pixgate_policy_threads", "Threads running decide()."),
             policy_reloads: counter_vec(
                 &r,
                 "pixgate_policy_reloads_total",
@@ -483,7 +497,7 @@ impl Metrics {
                 ("allow", &s.allowed),
                 ("deny", &s.denied),
                 ("limited", &s.limited),
-                ("error", &s.failed),
+                ("error", &s.errors),
             ] {
                 set(
                     &self.policy_decisions.with_label_values(&[outcome]),
@@ -491,6 +505,11 @@ impl Metrics {
                 );
             }
             set(&self.policy_errors, s.errors.load(Relaxed));
+            let w = p.runner_stats();
+            set(&self.policy_abandoned, w.abandoned.load(Relaxed));
+            set(&self.policy_replaced, w.replaced.load(Relaxed));
+            self.policy_threads
+                .set(i64::try_from(p.threads()).unwrap_or(i64::MAX));
             set(
                 &self.policy_reloads.with_label_values(&["ok"]),
                 s.reloads_ok.load(Relaxed),

@@ -20,3 +20,16 @@ function decide(req)
   local who = req.key and ("key:" .. req.key) or ("ip:" .. req.ip)
   return { allow = true, bucket = who, rate = budget.rate, burst = budget.burst, cost = cost }
 end
+
+tests = {
+  { name = "300x200 costs one cell", req = { width = 300, height = 200, key = false },
+    expect = { allow = true, bucket = "ip:203.0.113.7", cost = 1 } },
+  { name = "4000x3000 costs twelve", req = { width = 4000, height = 3000, key = "k" },
+    expect = { allow = true, bucket = "key:k", cost = 12 } },
+  { name = "one side given: a 4:3 photo", req = { width = 4000, height = false },
+    expect = { allow = true, cost = 12 } },
+  { name = "no size: the source's, as 8 MP", req = { width = false, height = false },
+    expect = { allow = true, cost = 8 } },
+  { name = "never more than the burst", req = { width = 20000, height = 20000 },
+    expect = { allow = true, cost = 100 } },
+}

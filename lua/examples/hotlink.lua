@@ -22,3 +22,13 @@ function decide(req)
   end
   return { allow = true, bucket = "ip:" .. req.ip, rate = 50, burst = 100 }
 end
+
+tests = {
+  { name = "no Referer", req = { referer = false }, expect = { allow = true, rate = 50 } },
+  { name = "own page", req = { referer = "https://shop.example.com/cart" },
+    expect = { allow = true, bucket = "ip:203.0.113.7" } },
+  { name = "own page, upper case and a port", req = { referer = "https://WWW.Example.com:8443/" },
+    expect = { allow = true } },
+  { name = "someone else's page", req = { referer = "https://evil.example/page" },
+    expect = { allow = false, status = 403 } },
+}

@@ -10,3 +10,12 @@ function decide(req)
   end
   return { allow = true, bucket = "ip:" .. req.ip, rate = 100, burst = 200 }
 end
+
+-- With INCIDENT = true, add: { req = { key = "k-status-page" }, expect = { allow = true } }
+-- and { req = { key = false }, expect = { allow = false, status = 429 } }.
+tests = {
+  { name = "normal operation", req = { key = false },
+    expect = { allow = true, bucket = "ip:203.0.113.7", rate = 100, burst = 200 } },
+  { name = "internal keys too", req = { key = "k-internal-monitoring" },
+    expect = { allow = true, rate = 100 } },
+}

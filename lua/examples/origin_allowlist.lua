@@ -25,3 +25,16 @@ function decide(req)
   end
   return { allow = true, bucket = "customer:" .. customer, rate = 500, burst = 1000 }
 end
+
+tests = {
+  { name = "own origin", req = { key = "acme", source_host = "img.acme.example" },
+    expect = { allow = true, bucket = "customer:acme", rate = 500 } },
+  { name = "own subdomain", req = { tenant = "acme", key = false, source_host = "eu.cdn.acme.example" },
+    expect = { allow = true, bucket = "customer:acme" } },
+  { name = "someone else's origin", req = { key = "globex", source_host = "img.acme.example" },
+    expect = { allow = false, status = 403 } },
+  { name = "local and uploaded sources", req = { key = "globex", source_host = false },
+    expect = { allow = true, bucket = "customer:globex" } },
+  { name = "unknown customer", req = { key = "initech" }, expect = { allow = false, status = 401 } },
+  { name = "no key, no tenant", req = { key = false }, expect = { allow = false, status = 401 } },
+}

@@ -32,3 +32,14 @@ function decide(req)
   return { allow = true, bucket = "key:" .. req.key,
            rate = plan.rate, per = plan.per, burst = plan.burst }
 end
+
+tests = {
+  { name = "no key", req = { key = false }, expect = { allow = false, status = 401 } },
+  { name = "free", req = { key = "k-free-1" }, expect = { allow = true, rate = 10, burst = 10 } },
+  { name = "pro", req = { key = "k-pro-1" }, expect = { allow = true, rate = 200, burst = 400 } },
+  { name = "enterprise", req = { key = "k-big-1" }, expect = { allow = true, burst = 5000 } },
+  { name = "batch: per minute", req = { key = "k-batch-1" },
+    expect = { allow = true, rate = 600, per = 60, burst = 50 } },
+  { name = "revoked", req = { key = "k-abuser" }, expect = { allow = false, status = 403 } },
+  { name = "unknown", req = { key = "k-nope" }, expect = { allow = false, status = 401 } },
+}

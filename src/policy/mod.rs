@@ -1,20 +1,26 @@
 //! Operator policies: a Lua script decides per request whether it is allowed and in which
-//! rate-limit bucket; this module loads it (sandboxed, pooled VMs), reloads it live when the
-//! folder changes or on SIGHUP (compile, run canned requests, then swap), and enforces the
-//! decision with governor.
+//! rate-limit bucket; this module loads it (sandboxed VMs on threads of their own, see
+//! `runner`), reloads it live when the folder changes or on SIGHUP (compile, run the canned
+//! requests and the script's own tests off the serving threads within a deadline, then
+//! swap), and enforces the decision with governor. A failing `decide` is never a silent
+//! "no limit": it is counted, logged with its line, and either refused or served under the
+//! fallback limit.
 
 mod limits;
+mod pattern;
+mod runner;
 mod vm;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use limits::{Buckets, Limited};
+pub use runner::RunnerStats;
 use vm::Vm;
-pub use vm::{PolicyError, Script, VmLimits};
+pub use vm::{PolicyError, Script, TestCase, VmLimits};
 
 /// What the script sees as `req` (read-only in Lua).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -95,7 +101,16 @@ pub struct PolicySettings {
     pub on_error: OnError,
     pub limits: VmLimits,
     pub max_buckets: usize,
+    /// Threads running `decide` (0 = the number of cores).
+    pub threads: usize,
+    /// With `on_error = "allow"`: requests per second each API key (or client address,
+    /// without a key) may make while `decide` fails; 0 = unlimited.
+    pub error_rate: f64,
 }
+
+/// How long a reload (reading, compiling, canned requests, the script's tests) may take
+/// before it is given up and the running policy kept.
+pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The outcome of [`Policy::check`].
 #[derive(Debug, Clone, PartialEq)]
@@ -117,9 +132,12 @@ pub struct PolicyStats {
     pub allowed: AtomicU64,
     pub denied: AtomicU64,
     pub limited: AtomicU64,
+    /// `decide` failed (error, budget, deadline, bad decision).
     pub errors: AtomicU64,
     /// Requests refused because `decide` failed and `on_error = "deny"`.
     pub failed: AtomicU64,
+    /// Requests refused by the fallback limit while `decide` failed.
+    pub fallback_limited: AtomicU64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     changed: tokio::sync::Notify,
@@ -143,22 +161,29 @@ struct Loaded {
     generation: u64,
 }
 
-/// A loaded policy with its VM pool and buckets.
+/// A loaded policy with its threads and buckets.
 pub struct Policy {
     settings: PolicySettings,
-    current: RwLock<Arc<Loaded>>,
+    current: Arc<RwLock<Arc<Loaded>>>,
     generation: AtomicU64,
-    /// Idle VMs of the current generation. Each call takes one out, so concurrent requests
-    /// never share a VM and the lock is held only for a push or pop.
-    pool: Mutex<Vec<Vm>>,
-    pool_cap: usize,
+    runner: runner::Runner,
     pub buckets: Buckets,
     pub stats: PolicyStats,
+    /// When the last "policy failed" line was logged, and how many failures since.
+    failure_log: Mutex<(Option<Instant>, u64)>,
 }
 
 /// Largest policy or module file, and all of them together.
 const MAX_FILE: u64 = 4 << 20;
 const MAX_TOTAL: u64 = 32 << 20;
+
+/// The folder `require` reads modules from: the policy file's own (`policy.lua`, a bare
+/// name, lives in the current folder).
+fn policy_root(file: &Path) -> &Path {
+    file.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
 
 /// Reads the policy file and every `.lua` file below its folder (the modules `require` may
 /// load), so all VMs of one generation run the same code.
@@ -176,7 +201,7 @@ pub fn read_script(file: &Path) -> Result<Script, PolicyError> {
         std::fs::read_to_string(p).map_err(|e| PolicyError(format!("{}: {e}", p.display())))
     };
     let source = read(file)?;
-    let root = file.parent().unwrap_or(Path::new("."));
+    let root = policy_root(file);
     let mut modules = HashMap::new();
     let mut total = source.len() as u64;
     let mut dirs = vec![(root.to_path_buf(), String::new(), 0)];
@@ -269,24 +294,77 @@ pub fn canned_requests() -> Vec<PolicyRequest> {
     ]
 }
 
-/// Compiles `script` and runs the canned requests: the whole check a reload does.
+/// What [`check_script`] found.
+#[derive(Debug, Clone)]
+pub struct CheckReport {
+    /// Every canned request and the decision it got.
+    pub decisions: Vec<(PolicyRequest, Decision)>,
+    /// The script's own tests, by name, each with its decision.
+    pub tests: Vec<(String, Decision)>,
+    /// Lines of `decide` that none of the script's tests ran (with coverage only).
+    pub uncovered: Vec<usize>,
+    /// `file:line` of `decide`.
+    pub decide_at: String,
+}
+
+/// Compiles `script`, runs the canned requests and the script's own tests: the whole check
+/// a reload does. Fails on the first canned request without a valid decision and on every
+/// failing test (all of them named). `coverage` also records which lines of `decide` the
+/// tests reached (for `pixgate policy check`).
 pub fn check_script(
     script: &Script,
     limits: VmLimits,
-) -> Result<Vec<(PolicyRequest, Decision)>, PolicyError> {
-    let vm = Vm::new(script, 0, limits)?;
-    canned_requests()
-        .into_iter()
-        .map(|r| {
-            let d = vm.decide(&r).map_err(|e| {
-                PolicyError(format!(
-                    "{e} (canned request: {} {} from {})",
-                    r.method, r.path, r.ip
-                ))
-            })?;
-            Ok((r, d))
-        })
-        .collect()
+    coverage: bool,
+) -> Result<CheckReport, PolicyError> {
+    let vm = if coverage {
+        Vm::with_coverage(script, limits)?
+    } else {
+        Vm::new(script, 0, limits, Arc::new(vm::CallClock::default()))?
+    };
+    let mut decisions = Vec::new();
+    for r in canned_requests() {
+        let d = vm.decide(&r).map_err(|e| {
+            PolicyError(format!(
+                "{e} (canned request: {} {} from {})",
+                r.method, r.path, r.ip
+            ))
+        })?;
+        decisions.push((r, d));
+    }
+    let cases = vm.tests()?;
+    let total = cases.len();
+    vm.reset_coverage();
+    let mut tests = Vec::new();
+    let mut failures = Vec::new();
+    for case in cases {
+        match vm.decide(&case.request) {
+            Ok(d) => {
+                if let Some(why) = vm::expectation_failure(&d, &case.expect) {
+                    failures.push(format!("test `{}`: {why}", case.name));
+                }
+                tests.push((case.name, d));
+            }
+            Err(e) => failures.push(format!("test `{}`: {e}", case.name)),
+        }
+    }
+    if !failures.is_empty() {
+        return Err(PolicyError(format!(
+            "{} of {total} tests failed: {}",
+            failures.len(),
+            failures.join("; ")
+        )));
+    }
+    let uncovered = if coverage && !tests.is_empty() {
+        vm.uncovered_lines()
+    } else {
+        Vec::new()
+    };
+    Ok(CheckReport {
+        decisions,
+        tests,
+        uncovered,
+        decide_at: vm.decide_at().to_string(),
+    })
 }
 
 /// Runs `decide` once in a fresh VM (for `pixgate policy eval`).
@@ -295,26 +373,57 @@ pub fn eval_once(
     limits: VmLimits,
     req: &PolicyRequest,
 ) -> Result<Decision, PolicyError> {
-    Vm::new(script, 0, limits)?.decide(req)
+    Vm::new(script, 0, limits, Arc::new(vm::CallClock::default()))?.decide(req)
+}
+
+/// Runs `work` on a thread of its own and waits at most `timeout` for it; the thread is left
+/// behind when it is late (its VM stops at its own deadline). For the tools and reloads.
+pub fn within<T: Send + 'static>(
+    timeout: Duration,
+    what: &str,
+    work: impl FnOnce() -> Result<T, PolicyError> + Send + 'static,
+) -> Result<T, PolicyError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("policy-check".into())
+        .spawn(move || {
+            let _ = tx.send(work());
+        })
+        .map_err(|e| PolicyError(format!("cannot start a thread: {e}")))?;
+    rx.recv_timeout(timeout).unwrap_or_else(|_| {
+        Err(PolicyError(format!(
+            "{what} took longer than {} s",
+            timeout.as_secs_f64()
+        )))
+    })
 }
 
 impl Policy {
-    /// Loads the file; fails when it does not compile or fails the canned requests.
+    /// Loads the file; fails when it does not compile or fails the canned requests or its
+    /// own tests.
     pub fn load(settings: PolicySettings) -> Result<Policy, PolicyError> {
         let script = read_script(&settings.file)?;
-        check_script(&script, settings.limits)?;
-        let pool_cap = std::thread::available_parallelism().map_or(4, |n| n.get() * 2);
+        let (s, limits) = (script.clone(), settings.limits);
+        within(RELOAD_TIMEOUT, "loading the policy", move || {
+            check_script(&s, limits, false)
+        })?;
+        let threads = if settings.threads == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            settings.threads
+        };
+        let current = Arc::new(RwLock::new(Arc::new(Loaded {
+            script,
+            generation: 1,
+        })));
         Ok(Policy {
             buckets: Buckets::new(settings.max_buckets),
+            runner: runner::Runner::start(current.clone(), settings.limits, threads),
             settings,
-            current: RwLock::new(Arc::new(Loaded {
-                script,
-                generation: 1,
-            })),
+            current,
             generation: AtomicU64::new(1),
-            pool: Mutex::new(Vec::new()),
-            pool_cap,
             stats: PolicyStats::default(),
+            failure_log: Mutex::new((None, 0)),
         })
     }
 
@@ -327,43 +436,56 @@ impl Policy {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Runs `decide` in a pooled VM of the current generation.
-    pub fn decide(&self, req: &PolicyRequest) -> Result<Decision, PolicyError> {
-        let generation = self.generation();
-        let vm = loop {
-            let popped = self.pool.lock().expect("not poisoned").pop();
-            match popped {
-                Some(vm) if vm.generation == generation => break vm,
-                Some(stale) => drop(stale),
-                None => {
-                    let current = self.current.read().expect("not poisoned").clone();
-                    break Vm::new(&current.script, current.generation, self.settings.limits)?;
-                }
-            }
-        };
-        let result = vm.decide(req);
-        // A VM that failed may hold half-updated state or be near its memory cap: drop it.
-        if result.is_ok() && vm.generation == self.generation() {
-            let mut pool = self.pool.lock().expect("not poisoned");
-            if pool.len() < self.pool_cap {
-                pool.push(vm);
-            }
-        }
-        result
+    /// Threads serving `decide` now.
+    pub fn threads(&self) -> usize {
+        self.runner.threads()
+    }
+
+    /// The watchdog's counters.
+    pub fn runner_stats(&self) -> &RunnerStats {
+        &self.runner.stats
+    }
+
+    /// How long a request waits for its decision: the call's own timeout, plus room for the
+    /// queue and a VM being built after a reload.
+    fn wait(&self) -> Duration {
+        self.settings.limits.timeout * 4 + Duration::from_millis(100)
+    }
+
+    /// Runs `decide` on a policy thread, for callers outside an async runtime.
+    pub fn decide_blocking(&self, req: &PolicyRequest) -> Result<Decision, PolicyError> {
+        self.runner.decide_blocking(req.clone())
     }
 
     /// Decides and enforces: the one call the request path makes.
-    pub fn check(&self, req: &PolicyRequest) -> Verdict {
+    pub async fn check(&self, req: &PolicyRequest) -> Verdict {
+        let decided = self.runner.decide(req.clone(), self.wait()).await;
+        self.enforce(req, decided)
+    }
+
+    /// [`Policy::check`] outside an async runtime.
+    pub fn check_blocking(&self, req: &PolicyRequest) -> Verdict {
+        let decided = self.decide_blocking(req);
+        self.enforce(req, decided)
+    }
+
+    fn enforce(&self, req: &PolicyRequest, decided: Result<Decision, PolicyError>) -> Verdict {
         let s = &self.stats;
-        match self.decide(req) {
+        match decided {
             Err(e) => {
                 s.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, on_error = ?self.settings.on_error, "policy failed");
+                self.log_failure(&e);
                 match self.settings.on_error {
-                    OnError::Allow => {
-                        s.allowed.fetch_add(1, Ordering::Relaxed);
-                        Verdict::Allow
-                    }
+                    OnError::Allow => match self.fallback_limit(req) {
+                        Some(l) => match self.buckets.check(&l) {
+                            Ok(()) => Verdict::Allow,
+                            Err(limited) => {
+                                s.fallback_limited.fetch_add(1, Ordering::Relaxed);
+                                Verdict::Limited(limited)
+                            }
+                        },
+                        None => Verdict::Allow,
+                    },
                     OnError::Deny => {
                         s.failed.fetch_add(1, Ordering::Relaxed);
                         Verdict::Failed(e)
@@ -395,8 +517,47 @@ impl Policy {
         }
     }
 
-    /// Reads, compiles and checks the files again; swaps only when all of that passed.
-    /// `Ok(None)`: nothing changed (and `force` was off).
+    /// While `decide` fails, each key (or address) gets `error_rate` requests a second.
+    fn fallback_limit(&self, req: &PolicyRequest) -> Option<Limit> {
+        let rate = self.settings.error_rate;
+        if rate <= 0.0 || !rate.is_finite() {
+            return None;
+        }
+        let bucket = match &req.key {
+            Some(k) => format!("policy-error:key:{k}"),
+            None => format!("policy-error:ip:{}", req.ip),
+        };
+        Some(Limit {
+            bucket,
+            rate,
+            per: 1.0,
+            burst: (rate * 2.0).ceil().clamp(1.0, 1e9) as u32,
+            cost: 1,
+            period: Duration::from_secs_f64(1.0 / rate),
+        })
+    }
+
+    /// One log line a second at most, with how many failures it stands for.
+    fn log_failure(&self, e: &PolicyError) {
+        let mut log = self.failure_log.lock().unwrap_or_else(|p| p.into_inner());
+        log.1 += 1;
+        if log.0.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        let failures = std::mem::take(&mut log.1);
+        log.0 = Some(Instant::now());
+        drop(log);
+        let safe = match (self.settings.on_error, self.settings.error_rate) {
+            (OnError::Deny, _) => "refused (503)".to_string(),
+            (OnError::Allow, r) if r > 0.0 => format!("served within {r}/s per key or address"),
+            (OnError::Allow, _) => "served without limit (policy_error_rate = 0)".to_string(),
+        };
+        tracing::warn!(error = %e, failures, then = %safe, "policy failed");
+    }
+
+    /// Reads, compiles and checks the files again (canned requests and the script's own
+    /// tests, on a thread of its own within [`RELOAD_TIMEOUT`]); swaps only when all of
+    /// that passed. `Ok(None)`: nothing changed (and `force` was off).
     pub fn reload(&self, force: bool) -> Result<Option<u64>, PolicyError> {
         let result = self.try_reload(force);
         match &result {
@@ -420,15 +581,22 @@ impl Policy {
         if unchanged && !force {
             return Ok(None);
         }
-        // Compiled outside the lock: requests building VMs keep the running script meanwhile.
-        check_script(&script, self.settings.limits)?;
+        // Checked on a thread of its own, bounded in time: a script whose top level or tests
+        // never end is refused while requests go on with the running one.
+        let (s, limits) = (script.clone(), self.settings.limits);
+        within(RELOAD_TIMEOUT, "checking the new policy", move || {
+            check_script(&s, limits, false)
+        })?;
         let mut current = self.current.write().expect("not poisoned");
         let generation = current.generation + 1;
         *current = Arc::new(Loaded { script, generation });
         self.generation.store(generation, Ordering::Release);
-        drop(current);
-        self.pool.lock().expect("not poisoned").clear();
         Ok(Some(generation))
+    }
+
+    /// [`Policy::reload`] on a blocking thread: the runtime keeps serving meanwhile.
+    async fn reload_off_runtime(self: Arc<Self>, force: bool) {
+        let _ = tokio::task::spawn_blocking(move || self.reload(force)).await;
     }
 
     /// Reloads on changes in the policy folder and on SIGHUP; sweeps idle buckets. Runs until
@@ -436,11 +604,7 @@ impl Policy {
     pub async fn watch(self: Arc<Self>) {
         use notify::{EventKind, RecursiveMode, Watcher};
         let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-        let root = self
-            .settings
-            .file
-            .parent()
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        let root = policy_root(&self.settings.file).to_path_buf();
         let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
             // Reading the files during a reload produces access events; only changes count.
             if let Ok(ev) = ev {
@@ -475,10 +639,10 @@ impl Policy {
                     while let Ok(Some(())) =
                         tokio::time::timeout(Duration::from_millis(50), rx.recv()).await
                     {}
-                    let _ = self.reload(false);
+                    self.clone().reload_off_runtime(false).await;
                 }
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                    let _ = self.reload(true);
+                    self.clone().reload_off_runtime(true).await;
                 }
                 _ = sweep.tick() => self.buckets.sweep(),
             }

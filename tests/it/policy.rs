@@ -480,3 +480,228 @@ fn policy_eval_shows_what_each_example_decides() {
     ]);
     assert!(out.contains("\"allow\":true"), "{out}");
 }
+
+/// The binary's stderr as lines on a channel, and a waiter for a line holding every needle.
+fn log_channel(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_for_line(rx: &std::sync::mpsc::Receiver<String>, needles: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if needles.iter().all(|n| line.contains(n)) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("no log line with {needles:?} within 30 s"),
+        }
+    }
+}
+
+/// Issue 15, item 5: work Lua does in C (pattern matching, `rep`, error objects) no longer
+/// freezes the server. Requests whose `decide` runs away cost their own policy deadline;
+/// others are answered meanwhile; an edit whose top level runs away is refused within the
+/// reload deadline and the server keeps the old policy; `policy check` ends too.
+#[test]
+fn runaway_lua_never_blocks_the_server() {
+    let dir = TempDir::new("policy-runaway");
+    let file = dir.path("policy.lua");
+    let good = "function decide(req)\n\
+                  if req.key == 'find' then (\"a\"):rep(1e5):find('.-.-.-.-b') end\n\
+                  if req.key == 'gsub' then (\"a\"):rep(3e4):gsub('.-.-b', 'x') end\n\
+                  if req.key == 'tostring' then error(setmetatable({}, {__tostring = function() return (\"a\"):rep(1e5):find('.-.-.-.-b') end})) end\n\
+                  if req.key == 'concat' then local s = ('x'):rep(4e6) for i = 1, 1e9 do local t = s .. 'y' end end\n\
+                  return { allow = true }\n\
+                end\n";
+    std::fs::write(&file, good).unwrap();
+    let (mut child, addr) = spawn_binary(
+        &[
+            ("PIXGATE_LOG_LEVEL", "info"),
+            ("PIXGATE_POLICY_FILE", file.to_str().unwrap()),
+            ("PIXGATE_POLICY_ON_ERROR", "deny"),
+        ],
+        true,
+    );
+    let logs = log_channel(&mut child);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // Many runaway requests at once, and plain ones among them.
+        let mut bad = Vec::new();
+        for i in 0..16 {
+            let k = ["find", "gsub", "tostring", "concat"][i % 4];
+            let url = format!("http://{addr}{IMG}");
+            bad.push(tokio::spawn(async move {
+                let t = Instant::now();
+                let r = get(&url, &[("x-api-key", k)]).await;
+                (r.status, r.code(), t.elapsed())
+            }));
+        }
+        let t = Instant::now();
+        let ok = get(&format!("http://{addr}{IMG}"), &[("x-api-key", "fine")]).await;
+        assert_eq!(ok.status, 200, "{}", ok.code());
+        let plain_took = t.elapsed();
+        for b in bad {
+            let (status, code, took) = b.await.unwrap();
+            assert_eq!((status, code.as_str()), (503, "policy-error"));
+            eprintln!("runaway decide answered {status} in {took:?}");
+            assert!(took < Duration::from_secs(5), "{took:?}");
+        }
+        eprintln!("a plain request among 16 runaway ones: {plain_took:?}");
+        assert!(plain_took < Duration::from_secs(5));
+    });
+    // An edit whose top level runs away in C: refused within the reload deadline, while the
+    // server answers.
+    std::fs::write(
+        &file,
+        "local s = ('a'):rep(1e5) s:find('.-.-.-.-b')\nfunction decide(req) return { allow = false } end\n",
+    )
+    .unwrap();
+    wait_for_line(
+        &logs,
+        &["policy reload failed", "instruction budget", "generation=1"],
+    );
+    let health = rt.block_on(get(&format!("http://{addr}/health"), &[]));
+    assert_eq!(health.status, 200);
+    let r = rt.block_on(get(
+        &format!("http://{addr}{IMG}"),
+        &[("x-api-key", "fine")],
+    ));
+    assert_eq!(r.status, 200, "the old policy still serves");
+    // A later valid edit is taken.
+    std::fs::write(
+        &file,
+        "function decide(req) return { allow = false, status = 402 } end\n",
+    )
+    .unwrap();
+    wait_for_line(&logs, &["policy loaded", "generation=2"]);
+    let r = rt.block_on(get(
+        &format!("http://{addr}{IMG}"),
+        &[("x-api-key", "fine")],
+    ));
+    assert_eq!(r.status, 402);
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    // `policy check` on the runaway edit ends with the error, too.
+    let hang = dir.path("hang.lua");
+    std::fs::write(
+        &hang,
+        "local s = ('a'):rep(1e5) s:find('.-.-.-.-b')\nfunction decide(req) return { allow = true } end\n",
+    )
+    .unwrap();
+    let t = Instant::now();
+    let (code, _, err) = pixgate(&["policy", "check", hang.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("hang.lua:1:") && err.contains("instruction budget"),
+        "{err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(10));
+}
+
+/// Issue 15, item 6: the shipped policy's `burst` typo in the keyed branch is caught by its
+/// own tests (`check` and the live reload refuse it), and a policy without tests that fails
+/// at run time is never "no limit": each key gets `policy_error_rate`, the failures are
+/// counted as `outcome="error"` and logged with the line.
+#[test]
+fn a_typo_in_a_keyed_branch_never_lifts_the_limits() {
+    let dir = TempDir::new("policy-typo");
+    let shipped = std::fs::read_to_string(repo("lua/policy.lua")).unwrap();
+    std::fs::copy(repo("lua/keys.lua"), dir.path("keys.lua")).unwrap();
+    let typo = shipped.replace("burst = plan.burst", "brust = plan.burst");
+    assert_ne!(typo, shipped);
+    std::fs::write(dir.path("typo.lua"), &typo).unwrap();
+    let (code, _, err) = pixgate(&["policy", "check", dir.path("typo.lua").to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("test `free plan`") && err.contains("unknown field `brust`"),
+        "{err}"
+    );
+    // A bare file name finds its modules (`require "keys"`) in the current folder.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pixgate"))
+        .args(["policy", "check", "policy.lua"])
+        .current_dir(repo("lua"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Live: the shipped policy runs, the typo'd edit is refused.
+    let file = dir.path("policy.lua");
+    std::fs::write(&file, &shipped).unwrap();
+    let (mut child, addr) = spawn_binary(
+        &[
+            ("PIXGATE_LOG_LEVEL", "info"),
+            ("PIXGATE_POLICY_FILE", file.to_str().unwrap()),
+        ],
+        true,
+    );
+    let logs = log_channel(&mut child);
+    std::fs::write(&file, &typo).unwrap();
+    wait_for_line(
+        &logs,
+        &[
+            "policy reload failed",
+            "unknown field `brust`",
+            "generation=1",
+        ],
+    );
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+
+    // Without tests the typo loads (the canned requests never reach that branch); every
+    // keyed request then fails, and is served within policy_error_rate, not unlimited.
+    let untested = typo[..typo.find("\ntests = {").unwrap()].to_string();
+    std::fs::write(&file, &untested).unwrap();
+    let (mut child, addr2) = spawn_binary(
+        &[
+            ("PIXGATE_LOG_LEVEL", "warn"),
+            ("PIXGATE_POLICY_FILE", file.to_str().unwrap()),
+            ("PIXGATE_POLICY_ERROR_RATE", "5"),
+            ("PIXGATE_METRICS_LISTEN", "127.0.0.1:0"),
+        ],
+        true,
+    );
+    let logs = log_channel(&mut child);
+    let _ = addr;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let statuses: Vec<u16> = (0..30)
+        .map(|_| {
+            rt.block_on(get(
+                &format!("http://{addr2}{IMG}"),
+                &[("x-api-key", "demo-enterprise")],
+            ))
+            .status
+        })
+        .collect();
+    let served = statuses.iter().filter(|s| **s == 200).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    eprintln!(
+        "30 requests of a paying key under a failing policy: {served} served, {limited} limited"
+    );
+    assert!((10..=12).contains(&served), "{statuses:?}");
+    assert_eq!(served + limited, 30, "{statuses:?}");
+    let line = wait_for_line(&logs, &["policy failed", "unknown field `brust`"]);
+    assert!(
+        line.contains("policy.lua:") && line.contains("within 5/s"),
+        "{line}"
+    );
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}
