@@ -26,6 +26,8 @@ pub mod config;
 pub mod cpu;
 pub mod error;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handler;
 pub mod info;
 pub mod metrics;

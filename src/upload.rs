@@ -99,9 +99,23 @@ async fn read_file_part(
             }
         }
     });
+    file_part(stream, boundary, limit, &seen).await
+}
+
+/// The `file` part of a form read from `stream`; `over` tells a stream cut for its size
+/// apart from a malformed form. Separate from the HTTP body so the parser can be fuzzed.
+pub async fn file_part<S>(
+    stream: S,
+    boundary: &str,
+    limit: u64,
+    over: &AtomicBool,
+) -> Result<Bytes, Error>
+where
+    S: futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+{
     let mut form = multer::Multipart::new(stream, boundary);
     let failed = |e: multer::Error| {
-        if seen.load(Ordering::Relaxed) {
+        if over.load(Ordering::Relaxed) {
             Error::BodyTooLarge(limit)
         } else {
             Error::BadUpload(format!("malformed multipart form: {e}"))

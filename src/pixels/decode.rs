@@ -88,7 +88,24 @@ pub fn to_8bit(img: DynamicImage) -> DynamicImage {
     }
 }
 
+/// [`decode_image_crate`] with a panic inside a third-party decoder turned into a corrupt
+/// image (hostile input reaching a library bug is the input's fault as far as the client
+/// is concerned), logged so the bug can be reported.
 fn decode_with_image(
+    data: &[u8],
+    info: &SourceInfo,
+    format: ImageFormat,
+) -> Result<Decoded, DecodeError> {
+    catch_unwind(AssertUnwindSafe(|| decode_image_crate(data, info, format))).unwrap_or_else(
+        |panic| {
+            let msg = panic_message(&panic);
+            tracing::warn!(format = %info.format, panic = %msg, "decoder panicked: refused as corrupt");
+            Err(DecodeError::Corrupt(info.format, format!("decoder failure: {msg}")))
+        },
+    )
+}
+
+fn decode_image_crate(
     data: &[u8],
     info: &SourceInfo,
     format: ImageFormat,

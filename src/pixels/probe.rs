@@ -445,6 +445,11 @@ fn probe_png(d: &[u8]) -> Result<SourceInfo, ProbeError> {
         match kind {
             b"IDAT" | b"IEND" => break,
             b"acTL" if body.len() >= 4 => info.frames = be32(body, 0).max(1),
+            // The png crate indexes the palette in threes (found by fuzzing: a 13-byte PLTE
+            // panicked inside it).
+            b"PLTE" if body.is_empty() || body.len() % 3 != 0 || body.len() > 768 => {
+                return Err(ProbeError::Corrupt(F, "PLTE is not 1 to 256 RGB entries"));
+            }
             b"tRNS" => info.has_alpha = true,
             b"iCCP" => info.has_icc = true,
             b"eXIf" => info.orientation = exif_orientation(body).unwrap_or(1),

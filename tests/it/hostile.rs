@@ -110,6 +110,21 @@ fn bomb_png_rgba8_30000() -> Vec<u8> {
     out
 }
 
+/// A 6x6 palette PNG whose PLTE holds 13 bytes (not a whole number of RGB entries).
+fn png_plte_13() -> Vec<u8> {
+    let mut out = png_header(6, 6, 3);
+    png_chunk(
+        &mut out,
+        b"PLTE",
+        &[0, 255, 255, 255, 0, 0, 0, 0, 119, 255, 255, 0, 255],
+    );
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(&[0u8; 6 * 7]).unwrap();
+    png_chunk(&mut out, b"IDAT", &z.finish().unwrap());
+    png_chunk(&mut out, b"IEND", &[]);
+    out
+}
+
 /// 8x8 RGB PNG behind 150 tEXt chunks of 65 KB each.
 fn png_150_text_chunks() -> Vec<u8> {
     let mut out = png_header(8, 8, 2);
@@ -278,6 +293,9 @@ fn generated_hostile_files_are_survived_within_bounds() {
             Some(false),
         ),
         ("gif_screen_65535x65535.gif", gif_huge_screen(), Some(false)),
+        // Found by the transform fuzzer: a palette of 13 bytes panicked inside the png
+        // crate (a 500 in the server).
+        ("png_plte_13_bytes.png", png_plte_13(), Some(false)),
         (
             "gif_600_frames_over_the_cap.gif",
             gif_frames(600),

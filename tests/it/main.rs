@@ -10,6 +10,7 @@ mod color;
 mod composition;
 mod effects;
 mod formats;
+mod fuzz;
 mod golden;
 mod hardening;
 mod harness;
