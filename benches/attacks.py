@@ -9,7 +9,8 @@ import json, os, resource, socket, struct, subprocess, sys, tempfile, threading,
 BIN = sys.argv[1] if len(sys.argv) > 1 else "target/release/pixgate"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RSS_CAP_MIB = 6144  # a server past this is killed (the machine must survive the "before")
-resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (_hard, _hard))
 
 
 class Server:
@@ -230,11 +231,11 @@ def main():
     report("9. pixgate transform in.jpg ... out.png", "PNG bytes" if head == b"\x89PNG" else f"starts {head!r}")
 
     # Memory: 16 concurrent worst-case valid requests.
-    s = Server({"PIXGATE_REQUEST_TIMEOUT": "120", "PIXGATE_WORKERS": "4"})
+    s = Server({"PIXGATE_REQUEST_TIMEOUT": "120", "PIXGATE_WORKERS": "16"})
     res = parallel(16, lambda i: get(s.addr, f"/insecure/el:1/rs:fit:6000:6000/cb:{i}/plain/local:///seeding.jpg",
                                      timeout=180))
     time.sleep(0.3)
-    report("16 concurrent 6000 px results, 4 workers",
+    report("16 concurrent 6000 px results, 16 workers",
            f"{sorted(set(r[0] for r in res))}, {max(r[1] for r in res):.1f} s, peak RSS {s.peak} MiB")
     s.close()
 

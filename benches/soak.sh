@@ -5,14 +5,17 @@
 # signatures) — while a second client keeps 200 silent and slowloris connections open from
 # another loopback address. Samples pixgate's RSS every 5 s and prints req/s, latency, status
 # classes, RSS (min/median/max), late jobs and closed connections.
-#   bash benches/soak.sh [MINUTES]      PIXGATE_BIN=path to test another binary
+#   bash benches/soak.sh [MINUTES] [BINARY]     (default: a release build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes="${1:-10}"
+bin="${2:-}"
 . benches/common.sh
-if [ -z "${PIXGATE_BIN:-}" ]; then
+# The binary is an argument, not a PIXGATE_* variable: pixgate reads every PIXGATE_<KEY> as
+# configuration and refuses keys it does not know.
+if [ -z "$bin" ]; then
   cargo build --release --quiet
-  PIXGATE_BIN=./target/release/pixgate
+  bin=./target/release/pixgate
 fi
 work=$(mktemp -d)
 cleanup() {
@@ -35,7 +38,7 @@ PY
 mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 PIXGATE_LOG_LEVEL=warn PIXGATE_METRICS_LISTEN="127.0.0.1:$mport" PIXGATE_LOCAL_ROOT="$work" \
   PIXGATE_POLICY_FILE="$PWD/lua/policy.lua" PIXGATE_MAX_CONNECTIONS_PER_IP=64 \
-  "$PIXGATE_BIN" serve --listen 127.0.0.1:0 >"$work/px.out" 2>"$work/px.err" &
+  "$bin" serve --listen 127.0.0.1:0 >"$work/px.out" 2>"$work/px.err" &
 px_pid=$!
 until grep -q "listening on" "$work/px.out" 2>/dev/null; do
   kill -0 "$px_pid" || { cat "$work/px.err"; exit 1; }
@@ -115,7 +118,7 @@ samples+=("$(rss)")
 sorted=$(printf '%s\n' "${samples[@]}" | sort -n)
 count=${#samples[@]}
 echo "soak: $minutes min, mixed traffic (wrk -t2 -c32) + 200 silent/slowloris connections"
-grep -E "Requests/sec|Latency +[0-9]|50%|99%|requests in" "$work/wrk.out" | sed 's/^/  /'
+grep -E "Requests/sec|Latency +[0-9]|50%|99%|requests in|Socket errors|Non-2xx" "$work/wrk.out" | sed 's/^/  /'
 echo "  RSS MiB: min $(echo "$sorted" | head -1), median $(echo "$sorted" | sed -n "$(( (count + 1) / 2 ))p"), max $(echo "$sorted" | tail -1), last ${samples[-1]} ($count samples)"
 if [ -n "$metrics" ]; then
   curl -s "$metrics" | grep -E '^pixgate_http_requests_total|^pixgate_cpu_overrun|^pixgate_http_connections_closed|^pixgate_cpu_panics|^pixgate_errors_total\{code="(internal-error|request-timeout|queue-full)"\}' \

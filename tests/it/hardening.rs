@@ -355,7 +355,7 @@ async fn sixteen_concurrent_worst_cases_stay_inside_the_memory_budget() {
         &[
             ("PIXGATE_LOG_LEVEL", "warn"),
             ("PIXGATE_MEMORY_BUDGET", &budget),
-            ("PIXGATE_WORKERS", "4"),
+            ("PIXGATE_WORKERS", "16"),
             ("PIXGATE_REQUEST_TIMEOUT", "120"),
         ],
         false,
