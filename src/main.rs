@@ -199,11 +199,13 @@ fn serve(file: Option<PathBuf>, flags: Flags) -> ExitCode {
                 pixgate::config::DEFAULT_POLICY_FILE
             ),
         }
-        tracing::info!(local_root = %local_root.display(), workers, "ready");
-        println!("listening on {addr}");
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-        match pixgate::server::serve(listener, metrics, state, shutdown_signal()).await {
+        let ready = move || {
+            tracing::info!(local_root = %local_root.display(), workers, "ready");
+            println!("listening on {addr}");
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+        };
+        match pixgate::server::serve(listener, metrics, state, ready, shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("pixgate: server error: {e}");

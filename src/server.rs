@@ -173,15 +173,17 @@ pub async fn run(
         .fetch_watermark()
         .await
         .map_err(std::io::Error::other)?;
-    serve(listener, metrics, Arc::new(state), shutdown).await
+    serve(listener, metrics, Arc::new(state), || {}, shutdown).await
 }
 
 /// [`run`] with listeners bound and a state the caller keeps a handle on (its caches and
-/// counters).
+/// counters). `ready` is called once the policy watcher and the admin listener are up, so
+/// whatever it announces (`listening on`) is true of everything a client may do next.
 pub async fn serve(
     listener: TcpListener,
     metrics: Option<TcpListener>,
     state: Arc<State>,
+    ready: impl FnOnce(),
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let config = &state.config;
@@ -211,6 +213,7 @@ pub async fn serve(
     // Reloads the policy on edits and SIGHUP for as long as we serve.
     let watcher = state.policy.clone().map(|p| tokio::spawn(p.watch()));
     let metrics = metrics.map(|l| tokio::spawn(serve_metrics(l, state.clone())));
+    ready();
     tokio::pin!(shutdown);
     loop {
         // Over the cap, connections wait in the kernel's accept queue.

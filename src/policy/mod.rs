@@ -599,9 +599,11 @@ impl Policy {
         let _ = tokio::task::spawn_blocking(move || self.reload(force)).await;
     }
 
-    /// Reloads on changes in the policy folder and on SIGHUP; sweeps idle buckets. Runs until
-    /// the task is aborted.
-    pub async fn watch(self: Arc<Self>) {
+    /// Reloads on changes in the policy folder and on SIGHUP; sweeps idle buckets. The file
+    /// watcher and the signal handler are installed by this call, before the returned future
+    /// first runs: an edit (or SIGHUP) that follows "ready" is never missed. The future runs
+    /// until it is dropped or its task aborted. Call it inside the runtime.
+    pub fn watch(self: Arc<Self>) -> impl std::future::Future<Output = ()> + Send + 'static {
         use notify::{EventKind, RecursiveMode, Watcher};
         let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
         let root = policy_root(&self.settings.file).to_path_buf();
@@ -630,21 +632,24 @@ impl Policy {
             }
         };
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        let mut sweep = tokio::time::interval(Duration::from_secs(10));
-        loop {
-            tokio::select! {
-                Some(()) = rx.recv() => {
-                    // Editors save in several steps (truncate, write, rename): wait for the
-                    // folder to be quiet for 50 ms, then read it once.
-                    while let Ok(Some(())) =
-                        tokio::time::timeout(Duration::from_millis(50), rx.recv()).await
-                    {}
-                    self.clone().reload_off_runtime(false).await;
+        async move {
+            let _watcher = _watcher;
+            let mut sweep = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tokio::select! {
+                    Some(()) = rx.recv() => {
+                        // Editors save in several steps (truncate, write, rename): wait for the
+                        // folder to be quiet for 50 ms, then read it once.
+                        while let Ok(Some(())) =
+                            tokio::time::timeout(Duration::from_millis(50), rx.recv()).await
+                        {}
+                        self.clone().reload_off_runtime(false).await;
+                    }
+                    Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                        self.clone().reload_off_runtime(true).await;
+                    }
+                    _ = sweep.tick() => self.buckets.sweep(),
                 }
-                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
-                    self.clone().reload_off_runtime(true).await;
-                }
-                _ = sweep.tick() => self.buckets.sweep(),
             }
         }
     }

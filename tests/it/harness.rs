@@ -46,14 +46,20 @@ impl Pixgate {
         let mut state = pixgate::handler::State::new(cfg).expect("policy loads");
         state.fetch_watermark().await.expect("watermark loads");
         let state = std::sync::Arc::new(state);
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
         let done = tokio::spawn(pixgate::server::serve(
             listener,
             Some(metrics),
             state.clone(),
+            move || {
+                let _ = ready_tx.send(());
+            },
             async move {
                 let _ = rx.await;
             },
         ));
+        // Edits and signals the test sends next need the policy watcher in place.
+        ready_rx.await.expect("the server starts");
         Pixgate {
             addr,
             metrics_addr,
