@@ -9,6 +9,7 @@ use std::io::Cursor;
 use image::{DynamicImage, RgbaImage};
 
 use crate::format::Format;
+use crate::pixels::Deadline;
 use crate::pixels::decode::DecodeError;
 use crate::pixels::encode::{EncodeError, EncoderConfig, WebpMode};
 use crate::pixels::probe::SourceInfo;
@@ -26,9 +27,15 @@ pub enum Frames<'a> {
 }
 
 impl<'a> Frames<'a> {
-    pub fn new(data: &'a [u8], info: &SourceInfo) -> Result<Self, DecodeError> {
+    pub fn new(
+        data: &'a [u8],
+        info: &SourceInfo,
+        deadline: &Deadline,
+    ) -> Result<Self, DecodeError> {
         match info.format {
-            Format::Gif => Ok(Frames::Gif(Box::new(GifFrames::new(data, info)?))),
+            Format::Gif => Ok(Frames::Gif(Box::new(GifFrames::new(
+                data, info, *deadline,
+            )?))),
             Format::Webp => Ok(Frames::Webp(WebpFrames::new(data)?)),
             other => Err(DecodeError::Unsupported(other)),
         }
@@ -61,22 +68,130 @@ pub struct GifFrames<'a> {
     dec: gif::Decoder<Cursor<&'a [u8]>>,
     canvas: RgbaImage,
     dispose: Dispose,
+    deadline: Deadline,
+}
+
+/// A GIF decoder that skips unknown extension blocks, as browsers do.
+pub(crate) fn gif_decoder(data: &[u8]) -> Result<gif::Decoder<Cursor<&[u8]>>, DecodeError> {
+    let mut opts = gif::DecodeOptions::new();
+    opts.set_color_output(gif::ColorOutput::RGBA);
+    opts.allow_unknown_blocks(true);
+    opts.set_memory_limit(gif::MemoryLimit::Bytes(
+        std::num::NonZeroU64::new(super::decode::MAX_DECODER_ALLOC)
+            .unwrap_or(std::num::NonZeroU64::MIN),
+    ));
+    opts.read_info(Cursor::new(data)).map_err(gif_corrupt)
+}
+
+/// The descriptor of a GIF frame, read before any of its pixels.
+pub(crate) struct GifFrameHeader {
+    left: u32,
+    top: u32,
+    width: u32,
+    height: u32,
+    interlaced: bool,
+    dispose: gif::DisposalMethod,
+    delay: u16,
+}
+
+impl GifFrameHeader {
+    /// The next frame's descriptor; the rest of the current frame's data, if any was left
+    /// unread, is skipped without being decompressed.
+    pub(crate) fn next(
+        dec: &mut gif::Decoder<Cursor<&[u8]>>,
+    ) -> Result<Option<GifFrameHeader>, DecodeError> {
+        Ok(dec
+            .next_frame_info()
+            .map_err(gif_corrupt)?
+            .map(|f| GifFrameHeader {
+                left: u32::from(f.left),
+                top: u32::from(f.top),
+                width: u32::from(f.width),
+                height: u32::from(f.height),
+                interlaced: f.interlaced,
+                dispose: f.dispose,
+                delay: f.delay,
+            }))
+    }
+
+    /// The part of the frame on a `cw`×`ch` logical screen; the rest is clipped, as browsers
+    /// do.
+    fn area(&self, cw: u32, ch: u32) -> Area {
+        let (x, y) = (self.left.min(cw), self.top.min(ch));
+        Area {
+            x,
+            y,
+            w: (self.left + self.width).min(cw).saturating_sub(x),
+            h: (self.top + self.height).min(ch).saturating_sub(y),
+        }
+    }
+
+    /// Reads the frame's rows onto `canvas`, clipped to it. A frame's declared size is the
+    /// file's word (up to 65,535² pixels on a 1×1 screen), so memory is one row, never the
+    /// frame; rows below the screen are never decompressed (an interlaced frame is read only
+    /// up to its last visible row). `opaque_only` leaves the canvas where the frame is
+    /// transparent (compositing over earlier frames).
+    pub(crate) fn paint(
+        &self,
+        dec: &mut gif::Decoder<Cursor<&[u8]>>,
+        canvas: &mut RgbaImage,
+        opaque_only: bool,
+        deadline: &Deadline,
+    ) -> Result<(), DecodeError> {
+        let (cw, ch) = canvas.dimensions();
+        let area = self.area(cw, ch);
+        if area.w == 0 || area.h == 0 {
+            return Ok(());
+        }
+        let mut row = vec![0u8; self.width as usize * 4];
+        let mut painted = 0;
+        for (i, y) in interlaced_rows(self.height, self.interlaced).enumerate() {
+            if painted == area.h {
+                break;
+            }
+            if i % 64 == 63 {
+                deadline.check().map_err(|_| DecodeError::Deadline)?;
+            }
+            if !dec.fill_buffer(&mut row).map_err(gif_corrupt)? {
+                return Err(DecodeError::Corrupt(Format::Gif, "image truncated".into()));
+            }
+            let sy = self.top + y;
+            if sy >= ch {
+                continue;
+            }
+            painted += 1;
+            let skip = (area.x - self.left) as usize;
+            for (x, p) in (area.x..area.x + area.w).zip(row[skip * 4..].chunks_exact(4)) {
+                if !opaque_only || p[3] != 0 {
+                    canvas.put_pixel(x, sy, image::Rgba([p[0], p[1], p[2], p[3]]));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Frame row indices in the order a GIF stores them: top to bottom, or in the four
+/// interlace passes (every 8th row from 0, every 8th from 4, every 4th from 2, every 2nd
+/// from 1).
+fn interlaced_rows(height: u32, interlaced: bool) -> impl Iterator<Item = u32> {
+    let passes: &[(u32, u32)] = if interlaced {
+        &[(0, 8), (4, 8), (2, 4), (1, 2)]
+    } else {
+        &[(0, 1)]
+    };
+    passes
+        .iter()
+        .flat_map(move |&(start, step)| (start..height).step_by(step as usize))
 }
 
 impl<'a> GifFrames<'a> {
-    fn new(data: &'a [u8], info: &SourceInfo) -> Result<Self, DecodeError> {
-        let mut opts = gif::DecodeOptions::new();
-        opts.set_color_output(gif::ColorOutput::RGBA);
-        opts.allow_unknown_blocks(true);
-        opts.set_memory_limit(gif::MemoryLimit::Bytes(
-            std::num::NonZeroU64::new(super::decode::MAX_DECODER_ALLOC)
-                .unwrap_or(std::num::NonZeroU64::MIN),
-        ));
-        let dec = opts.read_info(Cursor::new(data)).map_err(gif_corrupt)?;
+    fn new(data: &'a [u8], info: &SourceInfo, deadline: Deadline) -> Result<Self, DecodeError> {
         Ok(GifFrames {
-            dec,
+            dec: gif_decoder(data)?,
             canvas: RgbaImage::new(info.width, info.height),
             dispose: Dispose::Keep,
+            deadline,
         })
     }
 
@@ -95,23 +210,11 @@ impl<'a> GifFrames<'a> {
                 });
             }
         }
-        let frame = match self.dec.read_next_frame() {
-            Ok(Some(f)) => f,
-            Ok(None) => return Ok(None),
-            Err(e) => return Err(gif_corrupt(e)),
+        let Some(frame) = GifFrameHeader::next(&mut self.dec)? else {
+            return Ok(None);
         };
         let (cw, ch) = self.canvas.dimensions();
-        let (fx, fy) = (u32::from(frame.left), u32::from(frame.top));
-        let fw = u32::from(frame.width);
-        // The part of the frame on the logical screen; the rest is clipped, as browsers do.
-        let area = Area {
-            x: fx.min(cw),
-            y: fy.min(ch),
-            w: (fx + fw).min(cw).saturating_sub(fx.min(cw)),
-            h: (fy + u32::from(frame.height))
-                .min(ch)
-                .saturating_sub(fy.min(ch)),
-        };
+        let area = frame.area(cw, ch);
         self.dispose = match frame.dispose {
             gif::DisposalMethod::Background => Dispose::Clear(area),
             gif::DisposalMethod::Previous => {
@@ -123,15 +226,7 @@ impl<'a> GifFrames<'a> {
             }
             _ => Dispose::Keep,
         };
-        for_area(area, |x, y| {
-            let i = (((y - fy) * fw + (x - fx)) * 4) as usize;
-            if let Some(p) = frame.buffer.get(i..i + 4)
-                && p[3] != 0
-            {
-                self.canvas
-                    .put_pixel(x, y, image::Rgba([p[0], p[1], p[2], p[3]]));
-            }
-        });
+        frame.paint(&mut self.dec, &mut self.canvas, true, &self.deadline)?;
         Ok(Some(Frame {
             image: self.canvas.clone(),
             delay_ms: u32::from(frame.delay) * 10,

@@ -66,7 +66,7 @@ pub fn decode(
         Format::Webp => decode_webp(data, info),
         Format::Avif => super::avif::decode(data, info, 0),
         Format::Png => decode_with_image(data, info, ImageFormat::Png),
-        Format::Gif => decode_gif(data, info),
+        Format::Gif => decode_gif(data, info, deadline),
         Format::Bmp => decode_with_image(data, info, ImageFormat::Bmp),
         Format::Tiff => decode_with_image(data, info, ImageFormat::Tiff),
         Format::Ico => decode_with_image(data, info, ImageFormat::Ico),
@@ -306,33 +306,14 @@ extern "C-unwind" fn jpeg_emit_message(cinfo: &mut mozjpeg_sys::jpeg_common_stru
 }
 
 /// First frame of a GIF, composited on the logical screen. The `gif` crate directly (rather
-/// than through `image`) so unknown extension blocks are skipped, as browsers do.
-fn decode_gif(data: &[u8], info: &SourceInfo) -> Result<Decoded, DecodeError> {
-    let corrupt = |e: gif::DecodingError| DecodeError::Corrupt(Format::Gif, e.to_string());
-    let mut opts = gif::DecodeOptions::new();
-    opts.set_color_output(gif::ColorOutput::RGBA);
-    opts.allow_unknown_blocks(true);
-    opts.set_memory_limit(gif::MemoryLimit::Bytes(
-        std::num::NonZeroU64::new(MAX_DECODER_ALLOC).unwrap_or(std::num::NonZeroU64::MIN),
-    ));
-    let mut dec = opts.read_info(Cursor::new(data)).map_err(corrupt)?;
-    let (sw, sh) = (info.width, info.height);
-    let frame = dec
-        .read_next_frame()
-        .map_err(corrupt)?
+/// than through `image`) so unknown extension blocks are skipped, as browsers do, and the
+/// frame is read row by row onto the screen whatever size it claims.
+fn decode_gif(data: &[u8], info: &SourceInfo, deadline: &Deadline) -> Result<Decoded, DecodeError> {
+    let mut dec = super::anim::gif_decoder(data)?;
+    let frame = super::anim::GifFrameHeader::next(&mut dec)?
         .ok_or_else(|| DecodeError::Corrupt(Format::Gif, "no frame".into()))?;
-    let mut canvas = image::RgbaImage::new(sw, sh);
-    let (fx, fy, fw) = (
-        u32::from(frame.left),
-        u32::from(frame.top),
-        u32::from(frame.width),
-    );
-    for (i, px) in frame.buffer.chunks_exact(4).enumerate() {
-        let (x, y) = (fx + i as u32 % fw.max(1), fy + i as u32 / fw.max(1));
-        if x < sw && y < sh {
-            canvas.put_pixel(x, y, image::Rgba([px[0], px[1], px[2], px[3]]));
-        }
-    }
+    let mut canvas = image::RgbaImage::new(info.width, info.height);
+    frame.paint(&mut dec, &mut canvas, false, deadline)?;
     let image = if info.has_alpha || canvas.pixels().any(|p| p[3] != 255) {
         DynamicImage::ImageRgba8(canvas)
     } else {

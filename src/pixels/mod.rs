@@ -912,7 +912,7 @@ impl Job {
         let icc = (self.info.format == Format::Webp)
             .then(|| decode::webp_icc(src))
             .flatten();
-        let mut frames = anim::Frames::new(src, &self.info)?;
+        let mut frames = anim::Frames::new(src, &self.info, deadline)?;
         let mut writer: Option<anim::Writer> = None;
         let mut count = 0u32;
         let (mut width, mut height) = (0, 0);

@@ -38,7 +38,9 @@ fn frames(bytes: &[u8]) -> Vec<(RgbaImage, u32)> {
         // WebP through libwebp's own demuxer (the reference implementation; the `image`
         // crate's WebP compositing keeps pixels that dispose-to-background must clear).
         let info = pixgate::pixels::probe::probe(bytes).unwrap();
-        let mut frames = pixgate::pixels::anim::Frames::new(bytes, &info).unwrap();
+        let mut frames =
+            pixgate::pixels::anim::Frames::new(bytes, &info, &pixgate::pixels::Deadline::none())
+                .unwrap();
         let mut out = Vec::new();
         while let Some(f) = frames.next_frame().unwrap() {
             out.push((f.image, f.delay_ms));

@@ -252,6 +252,23 @@ fn gif_frames(n: u16) -> Vec<u8> {
     out
 }
 
+/// A 1x1 screen whose only frame claims `w`x`h` at (`left`, 0): every pixel encoded (one
+/// colour, so the file stays small), all but what falls on the screen clipped away.
+fn gif_frame_beyond_screen(w: u16, h: u16, left: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut enc = gif::Encoder::new(&mut out, 1, 1, &[0, 0, 255, 255, 0, 0]).unwrap();
+    let frame = gif::Frame {
+        left,
+        width: w,
+        height: h,
+        buffer: std::borrow::Cow::Owned(vec![1u8; usize::from(w) * usize::from(h)]),
+        ..gif::Frame::default()
+    };
+    enc.write_frame(&frame).unwrap();
+    drop(enc);
+    out
+}
+
 #[test]
 fn generated_hostile_files_are_survived_within_bounds() {
     let dir = TempDir::new("hostile-gen");
@@ -293,6 +310,19 @@ fn generated_hostile_files_are_survived_within_bounds() {
             Some(false),
         ),
         ("gif_screen_65535x65535.gif", gif_huge_screen(), Some(false)),
+        // Found by the transform fuzzer: the gif crate sizes its buffers by the frame's
+        // claim, not the screen's (a 10x10 GIF allocated 275 MB); frames are now read row
+        // by row onto the screen.
+        (
+            "gif_frame_11000x11000_on_a_1x1_screen.gif",
+            gif_frame_beyond_screen(11000, 11000, 0),
+            Some(true),
+        ),
+        (
+            "gif_frame_11000x11000_beside_a_1x1_screen.gif",
+            gif_frame_beyond_screen(11000, 11000, 5),
+            Some(true),
+        ),
         // Found by the transform fuzzer: a palette of 13 bytes panicked inside the png
         // crate (a 500 in the server).
         ("png_plte_13_bytes.png", png_plte_13(), Some(false)),
