@@ -152,8 +152,9 @@ impl GifFrameHeader {
             if i % 64 == 63 {
                 deadline.check().map_err(|_| DecodeError::Deadline)?;
             }
+            // Data that ends early leaves the rest of the frame as it was, as browsers do.
             if !dec.fill_buffer(&mut row).map_err(gif_corrupt)? {
-                return Err(DecodeError::Corrupt(Format::Gif, "image truncated".into()));
+                break;
             }
             let sy = self.top + y;
             if sy >= ch {
