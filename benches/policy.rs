@@ -19,7 +19,7 @@ fn policy() -> Policy {
         },
         max_buckets: 1_000_000,
         threads: 1,
-        error_rate: 10.0,
+        error_rate: Some(10.0),
     })
     .expect("the shipped policy loads")
 }

@@ -12,8 +12,6 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::error::Error;
-
 /// How a value was obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -30,6 +28,12 @@ impl Outcome {
             Outcome::Coalesced => "COALESCED",
         }
     }
+}
+
+/// The error a fill may end with; every waiter gets a clone.
+pub trait FillError: Clone + Send + Sync + 'static {
+    /// What waiters get when the fill task ended without a result (it panicked).
+    fn fill_lost() -> Self;
 }
 
 /// Something with a size in bytes, for the weigher.
@@ -50,23 +54,23 @@ pub struct CacheStats {
     pub expired: AtomicU64,
 }
 
-type Slot<V> = watch::Receiver<Option<Result<Arc<V>, Error>>>;
+type Slot<V, E> = watch::Receiver<Option<Result<Arc<V>, E>>>;
 
-/// A byte-bounded moka cache with coalesced fills.
-pub struct Store<K, V> {
+/// A byte-bounded moka cache with coalesced fills that fail with `E`.
+pub struct Store<K, V, E> {
     cache: moka::future::Cache<K, Arc<V>>,
-    inflight: Arc<Mutex<HashMap<K, Slot<V>>>>,
+    inflight: Arc<Mutex<HashMap<K, Slot<V, E>>>>,
     max_entry: u64,
     pub stats: Arc<CacheStats>,
 }
 
 /// Removes an in-flight entry when the fill task ends, however it ends.
-struct InflightGuard<K: Hash + Eq, V> {
-    map: Arc<Mutex<HashMap<K, Slot<V>>>>,
+struct InflightGuard<K: Hash + Eq, V, E> {
+    map: Arc<Mutex<HashMap<K, Slot<V, E>>>>,
     key: K,
 }
 
-impl<K: Hash + Eq, V> Drop for InflightGuard<K, V> {
+impl<K: Hash + Eq, V, E> Drop for InflightGuard<K, V, E> {
     fn drop(&mut self) {
         if let Ok(mut m) = self.map.lock() {
             m.remove(&self.key);
@@ -74,10 +78,11 @@ impl<K: Hash + Eq, V> Drop for InflightGuard<K, V> {
     }
 }
 
-impl<K, V> Store<K, V>
+impl<K, V, E> Store<K, V, E>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Weighted + Send + Sync + 'static,
+    E: FillError,
 {
     /// `capacity` bytes in all; values over `max_entry_fraction` of it are served but not kept.
     pub fn new(
@@ -123,9 +128,9 @@ where
 
     /// The cached value, or the result of `fill` — run once for all concurrent callers with
     /// the same key, in its own task.
-    pub async fn get_or_fill<F>(&self, key: K, fill: F) -> (Result<Arc<V>, Error>, Outcome)
+    pub async fn get_or_fill<F>(&self, key: K, fill: F) -> (Result<Arc<V>, E>, Outcome)
     where
-        F: Future<Output = Result<V, Error>> + Send + 'static,
+        F: Future<Output = Result<V, E>> + Send + 'static,
     {
         if let Some(v) = self.get(&key).await {
             return (Ok(v), Outcome::Hit);
@@ -173,9 +178,9 @@ where
             _ => self.stats.misses.fetch_add(1, Ordering::Relaxed),
         };
         let result = match rx.wait_for(Option::is_some).await {
-            Ok(v) => v.clone().unwrap_or_else(|| Err(fill_lost())),
+            Ok(v) => v.clone().unwrap_or_else(|| Err(E::fill_lost())),
             // The fill task ended without a result: it panicked.
-            Err(_) => Err(fill_lost()),
+            Err(_) => Err(E::fill_lost()),
         };
         (result, outcome)
     }
@@ -194,12 +199,6 @@ where
     }
 }
 
-fn fill_lost() -> Error {
-    Error::Gate(crate::cpu::GateError::Panicked(
-        "cache fill task ended".into(),
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,7 +211,15 @@ mod tests {
         }
     }
 
-    fn store(capacity: u64) -> Arc<Store<u32, Blob>> {
+    #[derive(Debug, Clone, PartialEq)]
+    struct Failed(&'static str);
+    impl FillError for Failed {
+        fn fill_lost() -> Self {
+            Failed("lost")
+        }
+    }
+
+    fn store(capacity: u64) -> Arc<Store<u32, Blob, Failed>> {
         Arc::new(Store::new(capacity, Duration::from_secs(60), None, 0.5))
     }
 
@@ -252,8 +259,8 @@ mod tests {
     #[tokio::test]
     async fn errors_are_not_cached() {
         let s = store(1 << 20);
-        let (r, _) = s.get_or_fill(1, async { Err(Error::NotFound) }).await;
-        assert_eq!(r.err(), Some(Error::NotFound));
+        let (r, _) = s.get_or_fill(1, async { Err(Failed("origin")) }).await;
+        assert_eq!(r.err(), Some(Failed("origin")));
         let (r, o) = s.get_or_fill(1, async { Ok(Blob(vec![0; 3])) }).await;
         assert_eq!((r.unwrap().0.len(), o), (3, Outcome::Miss));
     }

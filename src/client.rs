@@ -1,12 +1,95 @@
 //! Who is asking: the client's address (forwarded headers believed only from trusted
-//! proxies) and its API key (`X-Api-Key`, `Authorization: Bearer`, `?key=`).
+//! proxies), its API key (`X-Api-Key`, `Authorization: Bearer`, `?key=`), and the request as
+//! the policy sees it ([`Caller::policy_request`]).
 
 use std::net::{IpAddr, SocketAddr};
 
 use hyper::HeaderMap;
-use hyper::header::{AUTHORIZATION, HeaderValue};
+use hyper::header::{AUTHORIZATION, HeaderValue, REFERER, USER_AGENT};
 
 use crate::config::Network;
+use crate::negotiate::FormatChoice;
+use crate::policy::PolicyRequest;
+use crate::request::url::{ParsedRequest, Source};
+
+/// The request as the policy needs it, gathered while the headers are at hand.
+pub struct Caller<'a> {
+    pub ip: IpAddr,
+    pub key: Option<String>,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub referer: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl<'a> Caller<'a> {
+    pub fn new(
+        parts: &'a hyper::http::request::Parts,
+        peer: SocketAddr,
+        trusted: &[Network],
+    ) -> Self {
+        let header = |name| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+                .map(str::to_string)
+        };
+        Caller {
+            ip: client_ip(peer.ip(), &parts.headers, trusted),
+            key: api_key(&parts.headers, parts.uri.query()),
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            referer: header(REFERER),
+            user_agent: header(USER_AGENT),
+        }
+    }
+
+    /// The `req` table's contents for a parsed URL.
+    pub fn policy_request(self, parsed: &ParsedRequest, choice: FormatChoice) -> PolicyRequest {
+        let o = &parsed.options;
+        let scaled = |v: u32| {
+            (v > 0).then(|| (f64::from(v) * o.dpr).round().min(f64::from(u32::MAX)) as u32)
+        };
+        let (source_host, source_url) = match &parsed.source {
+            Source::Http(u) => (
+                u.parse::<hyper::Uri>()
+                    .ok()
+                    .and_then(|u| u.host().map(str::to_ascii_lowercase)),
+                Some(u.clone()),
+            ),
+            Source::Local(_) => (None, Some(parsed.source.url())),
+            Source::Upload(_) => (None, None),
+        };
+        PolicyRequest {
+            tenant: parsed.signer.tenant().map(str::to_string),
+            key: self.key,
+            ip: self.ip.to_string(),
+            method: self.method.to_string(),
+            path: self.path.to_string(),
+            source_host,
+            source_url,
+            format: choice.format().map(|f| f.ext().to_string()),
+            width: scaled(o.width),
+            height: scaled(o.height),
+            referer: self.referer,
+            user_agent: self.user_agent,
+        }
+    }
+
+    /// The `req` table when the URL does not parse (`pixgate policy eval`): no tenant, source
+    /// or size.
+    pub fn unparsed_request(self) -> PolicyRequest {
+        PolicyRequest {
+            ip: self.ip.to_string(),
+            key: self.key,
+            method: self.method.to_string(),
+            path: self.path.to_string(),
+            referer: self.referer,
+            ..Default::default()
+        }
+    }
+}
 
 /// An API key longer than this is ignored (a key is an identifier, not a payload).
 const MAX_KEY_LEN: usize = 256;

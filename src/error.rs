@@ -1,17 +1,23 @@
-//! The crate's one error type and the one place that knows what each failure means to a
-//! client: HTTP status, stable kebab-case `code`, public message, `Retry-After`. Internal
-//! detail (decoder messages, addresses, paths) stays in `Display` for logs and never reaches a
-//! response body.
+//! The crate's one error type and the one place that knows what each failure means: HTTP
+//! status, stable kebab-case `code` and public message (a typed [`Kind`]), `Retry-After` and
+//! rate-limit headers, the JSON body, the log level, the error metric and the origin-fetch
+//! outcome label. Internal detail (decoder messages, addresses, paths) stays in `Display` for
+//! logs and never reaches a response body.
 
 use std::borrow::Cow;
 
+use hyper::header::{self, HeaderValue};
+use hyper::{Response, StatusCode};
+
 use crate::cpu::GateError;
+use crate::metrics::{FetchOutcome, Metrics};
 use crate::origin::OriginError;
 use crate::pixels::{DecodeError, EncodeError, PixelError, ProbeError};
 use crate::plan::PlanError;
-use crate::policy::{Limited, PolicyError};
+use crate::policy::{Limited, PolicyError, Refusal, Verdict};
 use crate::request::options::OptionsError;
 use crate::request::url::UrlError;
+use crate::response::Body;
 
 /// Any failure of a request.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -40,12 +46,8 @@ pub enum Error {
     #[error("the upload result is too large to keep for its URL")]
     UploadNotKept,
     /// The policy refused the request with its own status and client-facing reason.
-    #[error("refused by the policy ({status}): {reason}")]
-    Denied {
-        status: u16,
-        reason: String,
-        retry_after: Option<u64>,
-    },
+    #[error("refused by the policy ({}): {}", .0.status, .0.reason)]
+    Denied(Refusal),
     #[error("rate limited (bucket full: {}, retry in {:?})", .0.table_full, .0.retry_after)]
     Limited(Limited),
     /// `decide` failed and the policy's `on_error` is `deny`.
@@ -90,114 +92,85 @@ impl Error {
             Error::BodyTooLarge(_) => 413,
             Error::BadUpload(_) => 400,
             Error::UploadNotKept => 507,
-            Error::Denied { status, .. } => *status,
+            Error::Denied(r) => r.status,
             Error::Limited(_) => 429,
             Error::PolicyFailed(_) => 503,
             Error::FormatMismatch { .. } => 400,
         }
     }
 
-    /// Stable machine-readable code for the JSON error body, logs and metrics.
-    pub fn code(&self) -> &'static str {
+    /// What the failure is to a client: the stable code and its public message.
+    pub fn kind(&self) -> Kind {
+        use Kind as K;
         match self {
             Error::Options(o) | Error::Url(UrlError::Options(o)) => match o {
-                OptionsError::Expired => "expired-url",
-                OptionsError::SecurityOption(_) => "security-option-forbidden",
-                OptionsError::UnknownPreset(_) => "unknown-preset",
-                _ => "invalid-url",
+                OptionsError::Expired => K::ExpiredUrl,
+                OptionsError::SecurityOption(_) => K::SecurityOptionForbidden,
+                OptionsError::UnknownPreset(_) => K::UnknownPreset,
+                _ => K::InvalidUrl,
             },
-            Error::Url(UrlError::Signature(_)) => "invalid-signature",
-            Error::Url(_) => "invalid-url",
+            Error::Url(UrlError::Signature(_)) => K::InvalidSignature,
+            Error::Url(_) => K::InvalidUrl,
             Error::Origin(o) => match o {
-                OriginError::NotAllowed => "source-not-allowed",
-                OriginError::BlockedAddress(_) => "source-address-blocked",
-                OriginError::Unreachable(_) => "source-unreachable",
-                OriginError::ClientError(404) | OriginError::NotFound => "source-not-found",
-                OriginError::ClientError(_) => "origin-client-error",
-                OriginError::ServerError(_) => "origin-server-error",
-                OriginError::BadResponse(_) => "origin-bad-response",
-                OriginError::Timeout(_) => "origin-timeout",
-                OriginError::TooLarge(_) => "source-file-too-large",
-                OriginError::TooManyRedirects(_) => "too-many-redirects",
+                OriginError::NotAllowed => K::SourceNotAllowed,
+                OriginError::BlockedAddress(_) => K::SourceAddressBlocked,
+                OriginError::Unreachable(_) => K::SourceUnreachable,
+                OriginError::ClientError(404) | OriginError::NotFound => K::SourceNotFound,
+                OriginError::ClientError(_) => K::OriginClientError,
+                OriginError::ServerError(_) => K::OriginServerError,
+                OriginError::BadResponse(_) => K::OriginBadResponse,
+                OriginError::Timeout(_) => K::OriginTimeout,
+                OriginError::TooLarge(_) => K::SourceFileTooLarge,
+                OriginError::TooManyRedirects(_) => K::TooManyRedirects,
             },
             Error::Pixels(e) => match e {
-                PixelError::Probe(ProbeError::Empty) => "empty-source",
-                PixelError::Probe(ProbeError::NotAnImage) => "not-an-image",
-                PixelError::Probe(ProbeError::Corrupt(..)) => "corrupt-image",
-                PixelError::Probe(ProbeError::Unsupported(..)) => "unsupported-source-format",
-                PixelError::SourceTooManyPixels { .. } => "source-resolution-too-large",
-                PixelError::SourceTooManyBytes { .. } => "source-file-too-large",
-                PixelError::TooManyFrames { .. } => "too-many-frames",
-                PixelError::MaxBytesUnreachable { .. } => "max-bytes-unreachable",
-                PixelError::UnsupportedOption(_) => "unsupported-option",
-                PixelError::UnsupportedInput(_) => "unsupported-source-format",
-                PixelError::UnsupportedOutput(_) => "unsupported-output-format",
-                PixelError::Plan(PlanError::EmptySource(..)) => "corrupt-image",
-                PixelError::Plan(PlanError::ResultTooLarge { .. }) => "result-too-large",
+                PixelError::Probe(ProbeError::Empty) => K::EmptySource,
+                PixelError::Probe(ProbeError::NotAnImage) => K::NotAnImage,
+                PixelError::Probe(ProbeError::Corrupt(..)) => K::CorruptImage,
+                PixelError::Probe(ProbeError::Unsupported(..)) => K::UnsupportedSourceFormat,
+                PixelError::SourceTooManyPixels { .. } => K::SourceResolutionTooLarge,
+                PixelError::SourceTooManyBytes { .. } => K::SourceFileTooLarge,
+                PixelError::TooManyFrames { .. } => K::TooManyFrames,
+                PixelError::MaxBytesUnreachable { .. } => K::MaxBytesUnreachable,
+                PixelError::UnsupportedOption(_) => K::UnsupportedOption,
+                PixelError::UnsupportedInput(_) => K::UnsupportedSourceFormat,
+                PixelError::UnsupportedOutput(_) => K::UnsupportedOutputFormat,
+                PixelError::Plan(PlanError::EmptySource(..)) => K::CorruptImage,
+                PixelError::Plan(PlanError::ResultTooLarge { .. }) => K::ResultTooLarge,
                 PixelError::Decode(
                     DecodeError::Unsupported(_) | DecodeError::UnsupportedVariant(..),
-                ) => "unsupported-source-format",
-                PixelError::Decode(_) => "corrupt-image",
-                PixelError::Encode(EncodeError::Unsupported(_)) => "unsupported-output-format",
-                PixelError::Ops(_) | PixelError::Encode(_) => "internal-error",
-                PixelError::Deadline => "request-timeout",
+                ) => K::UnsupportedSourceFormat,
+                PixelError::Decode(_) => K::CorruptImage,
+                PixelError::Encode(EncodeError::Unsupported(_)) => K::UnsupportedOutputFormat,
+                PixelError::Ops(_) | PixelError::Encode(_) => K::InternalError,
+                PixelError::Deadline => K::RequestTimeout,
             },
-            Error::Gate(GateError::QueueFull) => "queue-full",
-            Error::Gate(GateError::Deadline) | Error::Timeout => "request-timeout",
-            Error::Gate(GateError::Panicked(_)) => "internal-error",
-            Error::NotFound => "not-found",
-            Error::BodyTooLarge(_) => "body-too-large",
-            Error::BadUpload(_) => "bad-upload",
-            Error::UploadNotKept => "upload-not-kept",
-            Error::Denied { .. } => "policy-denied",
-            Error::Limited(_) => "rate-limited",
-            Error::PolicyFailed(_) => "policy-error",
-            Error::FormatMismatch { .. } => "format-mismatch",
+            Error::Gate(GateError::QueueFull) => K::QueueFull,
+            Error::Gate(GateError::Deadline) | Error::Timeout => K::RequestTimeout,
+            Error::Gate(GateError::Panicked(_)) => K::InternalError,
+            Error::NotFound => K::NotFound,
+            Error::BodyTooLarge(_) => K::BodyTooLarge,
+            Error::BadUpload(_) => K::BadUpload,
+            Error::UploadNotKept => K::UploadNotKept,
+            Error::Denied(_) => K::PolicyDenied,
+            Error::Limited(_) => K::RateLimited,
+            Error::PolicyFailed(_) => K::PolicyError,
+            Error::FormatMismatch { .. } => K::FormatMismatch,
         }
+    }
+
+    /// Stable machine-readable code for the JSON error body, logs and metrics.
+    pub fn code(&self) -> &'static str {
+        self.kind().code()
     }
 
     /// The text a client may see: no internal detail.
     pub fn public_message(&self) -> Cow<'static, str> {
-        // The policy's reason is written by the operator for clients (e.g. "upgrade your plan").
-        if let Error::Denied { reason, .. } = self {
-            return Cow::Owned(reason.clone());
+        match self {
+            // The policy's reason is written by the operator for clients.
+            Error::Denied(r) => Cow::Owned(r.reason.clone()),
+            _ => Cow::Borrowed(self.kind().message()),
         }
-        Cow::Borrowed(match self.code() {
-            "expired-url" => "The URL has expired",
-            "security-option-forbidden" => "Security options are not allowed",
-            "invalid-url" | "unknown-preset" => "Invalid URL",
-            "unsupported-option" => "Invalid URL: option not supported",
-            "invalid-signature" => "Forbidden",
-            "source-not-allowed" | "source-address-blocked" => "Invalid source URL",
-            "source-unreachable" | "too-many-redirects" => "Source image is unreachable",
-            "source-not-found" => "Source image not found",
-            "origin-client-error" | "origin-server-error" | "origin-bad-response" => {
-                "Source image is unreachable"
-            }
-            "origin-timeout" => "Source image download timed out",
-            "empty-source" => "The source image is empty",
-            "not-an-image" => "The source is not an image",
-            "corrupt-image" => "The source image is corrupt",
-            "source-resolution-too-large" => "The source image resolution is too large",
-            "source-file-too-large" => "The source image file is too large",
-            "unsupported-source-format" => "The source image format is not supported",
-            "unsupported-output-format" => "The requested output format is not supported",
-            "result-too-large" => "The requested result is too large",
-            "too-many-frames" => "The animation has too many frames",
-            "max-bytes-unreachable" => "No quality brings the result under max_bytes",
-            "queue-full" => "Too many requests are being processed; retry shortly",
-            "request-timeout" => "Timeout",
-            "not-found" => "Not found",
-            "body-too-large" => "The uploaded image is too large",
-            "upload-not-kept" => "The result is too large to keep; ask for the image itself",
-            "bad-upload" => {
-                "The upload is malformed: send the image as the body or as the `file` part of a form"
-            }
-            "rate-limited" => "Rate limit exceeded",
-            "policy-error" => "The request could not be checked; retry shortly",
-            "format-mismatch" => "The options and the output file name ask for different formats",
-            _ => "Internal error",
-        })
     }
 
     /// Seconds for `Retry-After` on overload answers.
@@ -205,15 +178,155 @@ impl Error {
         match self {
             // Whole seconds, rounded up: retrying at the stated time must succeed.
             Error::Limited(l) => Some(l.retry_after.as_secs_f64().ceil().max(1.0) as u64),
-            Error::Denied { retry_after, .. } => *retry_after,
+            Error::Denied(r) => r.retry_after,
             _ => matches!(self.status(), 503).then_some(1),
         }
     }
 
-    /// Whether this is our fault (logged as an error) rather than the client's or origin's.
-    pub fn is_internal(&self) -> bool {
-        self.status() == 500
+    /// Ours or the origin's (5xx) is a warning in the log; the client's fault is routine.
+    pub fn log_level(&self) -> tracing::Level {
+        if self.status() >= 500 {
+            tracing::Level::WARN
+        } else {
+            tracing::Level::INFO
+        }
     }
+
+    /// Counts the failure in `pixgate_errors_total{code}`.
+    pub fn count(&self, m: &Metrics) {
+        m.error(self.code());
+    }
+
+    /// The JSON error response: stable code, public message, never internal detail.
+    pub fn response(&self) -> Response<Body> {
+        let body = serde_json::json!({
+            "error": { "code": self.code(), "message": self.public_message() }
+        })
+        .to_string();
+        let mut r = Response::new(Body::new(bytes::Bytes::from(body)));
+        *r.status_mut() =
+            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(s) = self.retry_after() {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if let Error::Limited(l) = self {
+            // draft-ietf-httpapi-ratelimit-headers; only on 429s, because image responses
+            // are cached by CDNs and a per-client counter in them would be served to others.
+            h.insert("ratelimit-limit", HeaderValue::from(l.limit));
+            h.insert("ratelimit-remaining", HeaderValue::from(0));
+            h.insert(
+                "ratelimit-reset",
+                HeaderValue::from(self.retry_after().unwrap_or(1)),
+            );
+        }
+        r
+    }
+
+    /// The policy's verdict as the request's fate.
+    pub fn from_verdict(v: Verdict) -> Result<(), Error> {
+        match v {
+            Verdict::Allow => Ok(()),
+            Verdict::Deny(r) => Err(Error::Denied(r)),
+            Verdict::Limited(l) => Err(Error::Limited(l)),
+            Verdict::Failed(e) => Err(Error::PolicyFailed(e)),
+        }
+    }
+}
+
+impl crate::cache::FillError for Error {
+    fn fill_lost() -> Self {
+        Error::Gate(GateError::Panicked("cache fill task ended".into()))
+    }
+}
+
+/// The `outcome` label of an origin fetch that failed.
+pub fn fetch_outcome(e: &OriginError) -> FetchOutcome {
+    match e {
+        OriginError::ClientError(_) | OriginError::NotFound => FetchOutcome::ClientError,
+        OriginError::ServerError(_) => FetchOutcome::ServerError,
+        OriginError::Timeout(_) => FetchOutcome::Timeout,
+        OriginError::BlockedAddress(_) | OriginError::NotAllowed => FetchOutcome::Blocked,
+        OriginError::TooLarge(_) => FetchOutcome::TooLarge,
+        OriginError::Unreachable(_)
+        | OriginError::BadResponse(_)
+        | OriginError::TooManyRedirects(_) => FetchOutcome::Error,
+    }
+}
+
+/// Declares [`Kind`] with each variant's code and public message side by side, so a new
+/// failure is one line and a code cannot lose its message.
+macro_rules! kinds {
+    ($($variant:ident => $code:literal, $message:literal;)*) => {
+        /// A failure as clients see it: one variant per public `code`.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Kind {
+            $($variant,)*
+        }
+
+        impl Kind {
+            /// Every kind, for documentation and tests.
+            pub const ALL: &[Kind] = &[$(Kind::$variant,)*];
+
+            /// The stable kebab-case code.
+            pub fn code(self) -> &'static str {
+                match self {
+                    $(Kind::$variant => $code,)*
+                }
+            }
+
+            /// The public message.
+            pub fn message(self) -> &'static str {
+                match self {
+                    $(Kind::$variant => $message,)*
+                }
+            }
+        }
+    };
+}
+
+kinds! {
+    ExpiredUrl => "expired-url", "The URL has expired";
+    SecurityOptionForbidden => "security-option-forbidden", "Security options are not allowed";
+    UnknownPreset => "unknown-preset", "Invalid URL";
+    InvalidUrl => "invalid-url", "Invalid URL";
+    UnsupportedOption => "unsupported-option", "Invalid URL: option not supported";
+    InvalidSignature => "invalid-signature", "Forbidden";
+    SourceNotAllowed => "source-not-allowed", "Invalid source URL";
+    SourceAddressBlocked => "source-address-blocked", "Invalid source URL";
+    SourceUnreachable => "source-unreachable", "Source image is unreachable";
+    TooManyRedirects => "too-many-redirects", "Source image is unreachable";
+    SourceNotFound => "source-not-found", "Source image not found";
+    OriginClientError => "origin-client-error", "Source image is unreachable";
+    OriginServerError => "origin-server-error", "Source image is unreachable";
+    OriginBadResponse => "origin-bad-response", "Source image is unreachable";
+    OriginTimeout => "origin-timeout", "Source image download timed out";
+    EmptySource => "empty-source", "The source image is empty";
+    NotAnImage => "not-an-image", "The source is not an image";
+    CorruptImage => "corrupt-image", "The source image is corrupt";
+    SourceResolutionTooLarge => "source-resolution-too-large", "The source image resolution is too large";
+    SourceFileTooLarge => "source-file-too-large", "The source image file is too large";
+    UnsupportedSourceFormat => "unsupported-source-format", "The source image format is not supported";
+    UnsupportedOutputFormat => "unsupported-output-format", "The requested output format is not supported";
+    ResultTooLarge => "result-too-large", "The requested result is too large";
+    TooManyFrames => "too-many-frames", "The animation has too many frames";
+    MaxBytesUnreachable => "max-bytes-unreachable", "No quality brings the result under max_bytes";
+    QueueFull => "queue-full", "Too many requests are being processed; retry shortly";
+    RequestTimeout => "request-timeout", "Timeout";
+    NotFound => "not-found", "Not found";
+    BodyTooLarge => "body-too-large", "The uploaded image is too large";
+    UploadNotKept => "upload-not-kept", "The result is too large to keep; ask for the image itself";
+    BadUpload => "bad-upload", "The upload is malformed: send the image as the body or as the `file` part of a form";
+    PolicyDenied => "policy-denied", "Forbidden by policy";
+    RateLimited => "rate-limited", "Rate limit exceeded";
+    PolicyError => "policy-error", "The request could not be checked; retry shortly";
+    FormatMismatch => "format-mismatch", "The options and the output file name ask for different formats";
+    InternalError => "internal-error", "Internal error";
 }
 
 #[cfg(test)]
@@ -337,11 +450,11 @@ mod tests {
             (ops.status(), ops.public_message().as_ref()),
             (500, "Internal error")
         );
-        let denied = Error::Denied {
+        let denied = Error::Denied(Refusal {
             status: 402,
             reason: "Upgrade your plan".into(),
             retry_after: None,
-        };
+        });
         assert_eq!(
             (
                 denied.status(),

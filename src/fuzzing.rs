@@ -33,7 +33,7 @@ pub fn url(data: &[u8]) {
     };
     let presets = presets();
     let defaults = Options::default();
-    let keys = [crate::config::KeyPair {
+    let keys = [crate::request::signature::KeyPair {
         tenant: "t".into(),
         key: b"secret".to_vec(),
         salt: b"salt".to_vec(),

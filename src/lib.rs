@@ -38,7 +38,9 @@ pub mod plan;
 pub mod policy;
 pub mod request;
 pub mod response;
+pub mod router;
 pub mod server;
+pub mod state;
 pub mod upload;
 
 pub use error::Error;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use pixgate::config::{self, Config, Flags};
+use pixgate::server;
 
 #[derive(Parser)]
 #[command(
@@ -65,9 +66,10 @@ enum Command {
         /// trellis quantisation (about 10 ms less per 800 px JPEG, ~17% larger files).
         #[arg(long)]
         fast: bool,
-        /// Largest source resolution in megapixels (checked from the header).
-        #[arg(long, default_value_t = 50.0)]
-        max_src_resolution: f64,
+        /// Largest source resolution in megapixels (checked from the header; default: the
+        /// server's default).
+        #[arg(long)]
+        max_src_resolution: Option<f64>,
         /// The image `wm` draws (the server's `watermark_path`).
         #[arg(long)]
         watermark: Option<PathBuf>,
@@ -124,13 +126,13 @@ fn load_config(
 }
 
 fn init_logging(cfg: &Config) {
-    let filter = tracing_subscriber::EnvFilter::new(&cfg.raw.log_level);
+    let filter = tracing_subscriber::EnvFilter::new(&cfg.log_level);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
-    if cfg.raw.log_format == "json" {
+    if cfg.log_format == config::LogFormat::Json {
         builder.json().flatten_event(true).init();
     } else {
         builder.init();
@@ -154,62 +156,22 @@ fn serve(file: Option<PathBuf>, flags: Flags) -> ExitCode {
         }
     };
     rt.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("pixgate: cannot listen on {}: {e}", cfg.listen);
-                return ExitCode::FAILURE;
+        let started = match server::Listeners::bind(&cfg).await {
+            Ok(listeners) => {
+                let ready = |r: server::Ready<'_>| {
+                    println!("listening on {}", r.addr);
+                    use std::io::Write;
+                    let _ = std::io::stdout().flush();
+                };
+                server::run(listeners, cfg, ready, shutdown_signal()).await
             }
+            Err(e) => Err(e),
         };
-        let addr = listener.local_addr().map_or(cfg.listen, |a| a);
-        let metrics = match cfg.metrics_listen {
-            Some(m) => match tokio::net::TcpListener::bind(m).await {
-                Ok(l) => {
-                    let at = l.local_addr().map_or(m, |a| a);
-                    tracing::info!(addr = %at, "metrics on http://{at}/metrics");
-                    Some(l)
-                }
-                Err(e) => {
-                    eprintln!("pixgate: cannot listen for metrics on {m}: {e} (set metrics_listen, or \"\" to disable)");
-                    return ExitCode::FAILURE;
-                }
-            },
-            None => None,
-        };
-        if cfg.keys.is_empty() {
-            tracing::info!("signing is off: any signature segment is accepted (use `insecure`)");
-        }
-        let (local_root, workers) = (cfg.local_root.clone(), cfg.workers);
-        let mut state = match pixgate::handler::State::new(cfg) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("pixgate: the policy does not load: {e}");
-                return ExitCode::from(2);
-            }
-        };
-        if let Err(e) = state.fetch_watermark().await {
-            eprintln!("pixgate: {e}");
-            return ExitCode::from(2);
-        }
-        let state = std::sync::Arc::new(state);
-        match &state.policy {
-            Some(p) => tracing::info!(file = %p.file().display(), generation = p.generation(), "policy loaded"),
-            None => tracing::info!(
-                "no policy file ({} absent or policy_file = \"\"): every request is allowed without limits",
-                pixgate::config::DEFAULT_POLICY_FILE
-            ),
-        }
-        let ready = move || {
-            tracing::info!(local_root = %local_root.display(), workers, "ready");
-            println!("listening on {addr}");
-            use std::io::Write;
-            let _ = std::io::stdout().flush();
-        };
-        match pixgate::server::serve(listener, metrics, state, ready, shutdown_signal()).await {
+        match started {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("pixgate: server error: {e}");
-                ExitCode::FAILURE
+                eprintln!("pixgate: {e}");
+                ExitCode::from(e.exit_code())
             }
         }
     })
@@ -240,7 +202,7 @@ fn sign(path: &str, file: Option<PathBuf>, tenant: Option<String>) -> ExitCode {
     };
     match (pair, tenant) {
         (Some(p), _) => {
-            let sig = pixgate::request::signature::sign(p, path, cfg.raw.signature_size);
+            let sig = pixgate::request::signature::sign(p, path, cfg.signature_size);
             println!("/{sig}{path}");
             ExitCode::SUCCESS
         }
@@ -261,7 +223,7 @@ fn transform(
     options: String,
     output: PathBuf,
     fast: bool,
-    max_src_resolution: f64,
+    max_src_resolution: Option<f64>,
     watermark: Option<PathBuf>,
 ) -> ExitCode {
     let mut cfg = if fast {
@@ -269,7 +231,9 @@ fn transform(
     } else {
         pixgate::EngineConfig::default()
     };
-    cfg.max_src_resolution = max_src_resolution;
+    if let Some(m) = max_src_resolution {
+        cfg.max_src_resolution = m;
+    }
     if let Some(path) = watermark {
         let mark = std::fs::read(&path)
             .map_err(|e| e.to_string())
@@ -345,7 +309,7 @@ fn policy(command: PolicyCommand) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let limits = cfg.raw.policy_limits();
+    let limits = cfg.policy_limits;
     match command {
         PolicyCommand::Check { .. } => {
             match policy::within(policy::RELOAD_TIMEOUT, "the check", move || {
@@ -401,7 +365,7 @@ fn policy(command: PolicyCommand) -> ExitCode {
             accept,
             ..
         } => {
-            let caller = pixgate::handler::Caller {
+            let caller = pixgate::client::Caller {
                 ip,
                 key,
                 method: &method,
@@ -417,10 +381,10 @@ fn policy(command: PolicyCommand) -> ExitCode {
                     let (choice, _) = pixgate::negotiate::negotiate(
                         parsed.options.format,
                         accept.as_deref(),
-                        cfg.raw.auto_format,
-                        cfg.raw.enforce_format,
+                        cfg.auto_format,
+                        cfg.enforce_format,
                     );
-                    caller.view(&parsed, choice)
+                    caller.policy_request(&parsed, choice)
                 }
                 Err(e) => {
                     // The server would answer this URL with an error before the policy runs;
@@ -428,14 +392,7 @@ fn policy(command: PolicyCommand) -> ExitCode {
                     eprintln!(
                         "pixgate: note: the path does not parse ({e}); tenant, source and size are nil"
                     );
-                    policy::PolicyRequest {
-                        ip: caller.ip.to_string(),
-                        key: caller.key,
-                        method: caller.method.to_string(),
-                        path: caller.path.to_string(),
-                        referer: caller.referer,
-                        ..Default::default()
-                    }
+                    caller.unparsed_request()
                 }
             };
             let run = policy::within(policy::RELOAD_TIMEOUT, "the evaluation", move || {

@@ -14,7 +14,6 @@ use prometheus::{
 use crate::cache::CacheStats;
 use crate::cpu::GateStats;
 use crate::format::Format;
-use crate::origin::OriginError;
 
 /// Request duration buckets: 1 ms (a cache hit) to 30 s (a slow origin plus a big decode).
 const BUCKETS: &[f64] = &[
@@ -51,6 +50,42 @@ impl Route {
             Route::Upload => "upload",
             Route::Health => "health",
             Route::Other => "other",
+        }
+    }
+}
+
+/// How an origin fetch ended (the `outcome` label); `error::fetch_outcome` classifies
+/// failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchOutcome {
+    Ok,
+    ClientError,
+    ServerError,
+    Timeout,
+    Blocked,
+    TooLarge,
+    Error,
+}
+
+impl FetchOutcome {
+    const ALL: [FetchOutcome; 7] = [
+        FetchOutcome::Ok,
+        FetchOutcome::ClientError,
+        FetchOutcome::ServerError,
+        FetchOutcome::Timeout,
+        FetchOutcome::Blocked,
+        FetchOutcome::TooLarge,
+        FetchOutcome::Error,
+    ];
+    fn name(self) -> &'static str {
+        match self {
+            FetchOutcome::Ok => "ok",
+            FetchOutcome::ClientError => "4xx",
+            FetchOutcome::ServerError => "5xx",
+            FetchOutcome::Timeout => "timeout",
+            FetchOutcome::Blocked => "blocked",
+            FetchOutcome::TooLarge => "too_large",
+            FetchOutcome::Error => "error",
         }
     }
 }
@@ -370,16 +405,8 @@ impl Metrics {
         };
         // Series of the closed sets exist from the start at 0, so rate() and alerts see the
         // first event instead of a series appearing.
-        for outcome in [
-            "ok",
-            "4xx",
-            "5xx",
-            "timeout",
-            "blocked",
-            "too_large",
-            "error",
-        ] {
-            m.origin_fetches.with_label_values(&[outcome]);
+        for outcome in FetchOutcome::ALL {
+            m.origin_fetches.with_label_values(&[outcome.name()]);
         }
         for f in Format::ALL {
             m.formats.with_label_values(&[f.ext()]);
@@ -425,25 +452,18 @@ impl Metrics {
         self.formats.with_label_values(&[format.ext()]).inc();
     }
 
-    /// One origin fetch's outcome.
-    pub fn fetch(&self, result: Result<u64, &OriginError>) {
+    /// One origin fetch: its bytes, or how it failed.
+    pub fn fetch(&self, result: Result<u64, FetchOutcome>) {
         let outcome = match result {
             Ok(bytes) => {
                 self.origin_bytes.inc_by(bytes);
-                "ok"
+                FetchOutcome::Ok
             }
-            Err(OriginError::ClientError(_) | OriginError::NotFound) => "4xx",
-            Err(OriginError::ServerError(_)) => "5xx",
-            Err(OriginError::Timeout(_)) => "timeout",
-            Err(OriginError::BlockedAddress(_) | OriginError::NotAllowed) => "blocked",
-            Err(OriginError::TooLarge(_)) => "too_large",
-            Err(
-                OriginError::Unreachable(_)
-                | OriginError::BadResponse(_)
-                | OriginError::TooManyRedirects(_),
-            ) => "error",
+            Err(o) => o,
         };
-        self.origin_fetches.with_label_values(&[outcome]).inc();
+        self.origin_fetches
+            .with_label_values(&[outcome.name()])
+            .inc();
     }
 
     /// The Prometheus text exposition, with the atomics of `src` copied in.

@@ -1,23 +1,18 @@
 //! Building responses: image responses with the headers of API.md §4 (type, length,
-//! cache lifetime capped by `exp`, origin's Last-Modified, Content-Disposition, CSP), and
-//! JSON error responses from an [`Error`]. Knows HTTP; decides nothing about images.
+//! cache lifetime capped by `exp`, origin's Last-Modified, Content-Disposition, CSP), ETags
+//! and the result cache key, JSON documents, private answers. Knows HTTP; decides nothing
+//! about images. Error answers are `Error::response`.
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 
-use crate::error::Error;
 use crate::format::Format;
+use crate::negotiate::FormatChoice;
 use crate::request::url::ParsedRequest;
 
 pub type Body = Full<Bytes>;
-
-/// An HTTP date (IMF-fixdate) for a Unix time.
-pub fn http_date(unix_secs: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_secs.max(0) as u64);
-    httpdate::fmt_http_date(t)
-}
 
 /// `Cache-Control` for a result: the configured TTL, capped by the URL's expiry.
 pub fn cache_control(ttl: u64, expires: Option<i64>, now: i64) -> String {
@@ -104,6 +99,18 @@ pub fn etag(canonical: &str, format: Format, source_identity: &str) -> String {
         "\"{}\"",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..18])
     )
+}
+
+/// The cache key of a result: equivalent URLs share it (canonical options), the `Accept`
+/// header enters only as the format decision.
+pub fn result_key(req: &ParsedRequest, choice: FormatChoice) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for part in [req.options.canonical(), choice.key(), req.source.url()] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    h.finalize().into()
 }
 
 /// `If-None-Match` against our ETag, with the weak comparison RFC 9110 prescribes for it
@@ -211,34 +218,30 @@ pub fn json(body: Vec<u8>, ttl: u64) -> Response<Body> {
     r
 }
 
-/// The JSON error response: stable code, public message, never internal detail.
-pub fn error(e: &Error) -> Response<Body> {
-    let body = serde_json::json!({
-        "error": { "code": e.code(), "message": e.public_message() }
-    })
-    .to_string();
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+/// Marks a response as one no shared cache may keep (customer content answering a POST,
+/// upload results).
+pub fn private(mut r: Response<Body>) -> Response<Body> {
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-store"),
+    );
+    r
+}
+
+/// Stored bytes of a known format, as they are (an upload's result behind its URL).
+pub fn stored(bytes: Bytes, format: Format) -> Response<Body> {
+    let mut r = Response::new(Full::new(bytes.clone()));
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
+        HeaderValue::from_static(format.mime()),
     );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Some(s) = e.retry_after() {
-        h.insert(header::RETRY_AFTER, HeaderValue::from(s));
-    }
-    if let Error::Limited(l) = e {
-        // draft-ietf-httpapi-ratelimit-headers; only on 429s, because image responses are
-        // cached by CDNs and a per-client counter in them would be served to other clients.
-        h.insert("ratelimit-limit", HeaderValue::from(l.limit));
-        h.insert("ratelimit-remaining", HeaderValue::from(0));
-        h.insert(
-            "ratelimit-reset",
-            HeaderValue::from(e.retry_after().unwrap_or(1)),
-        );
-    }
-    r
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("script-src 'none'"),
+    );
+    private(r)
 }
 
 #[cfg(test)]
@@ -291,10 +294,5 @@ mod tests {
         assert!(none_match(&format!("\"zzz\", W/{a}"), &a));
         assert!(none_match("*", &a));
         assert!(!none_match("\"zzz\"", &a));
-    }
-
-    #[test]
-    fn dates() {
-        assert_eq!(http_date(784111777), "Sun, 06 Nov 1994 08:49:37 GMT");
     }
 }

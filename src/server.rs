@@ -2,12 +2,12 @@
 //! builder), a connection cap in total and per client address, an idle timeout that closes
 //! connections with no request in flight (new ones that never send one included, HTTP/1 and
 //! HTTP/2 alike), a header read timeout, and graceful shutdown (stop accepting, let
-//! in-flight requests finish, bounded by `shutdown_timeout`). Tests call [`run`] with a
-//! listener bound to `127.0.0.1:0`.
+//! in-flight requests finish, bounded by `shutdown_timeout`). [`run`] is the one startup
+//! path: the binary and the tests call it.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,7 +21,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::config::{Config, Network};
-use crate::handler::{self, State};
+use crate::handler;
+use crate::state::{StartError, State};
 
 /// Open connections per client address, capped; an entry leaves with its last connection.
 struct PerAddress {
@@ -158,45 +159,98 @@ fn is_trusted(ip: IpAddr, proxies: &[Network]) -> bool {
     proxies.iter().any(|n| n.contains(ip))
 }
 
-/// Serves until `shutdown` completes, then drains connections. Binds `metrics_listen`.
-pub async fn run(
-    listener: TcpListener,
-    config: Config,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
-    let metrics = match config.metrics_listen {
-        Some(addr) => Some(TcpListener::bind(addr).await?),
-        None => None,
-    };
-    let mut state = State::new(config).map_err(std::io::Error::other)?;
-    state
-        .fetch_watermark()
-        .await
-        .map_err(std::io::Error::other)?;
-    serve(listener, metrics, Arc::new(state), || {}, shutdown).await
+/// The sockets pixgate serves on, bound before anything else starts (a port in use fails
+/// fast, and port 0 is known before `ready`).
+pub struct Listeners {
+    pub api: TcpListener,
+    pub metrics: Option<TcpListener>,
 }
 
-/// [`run`] with listeners bound and a state the caller keeps a handle on (its caches and
-/// counters). `ready` is called once the policy watcher and the admin listener are up, so
-/// whatever it announces (`listening on`) is true of everything a client may do next.
-pub async fn serve(
+impl Listeners {
+    /// Binds `listen` and `metrics_listen`.
+    pub async fn bind(config: &Config) -> Result<Listeners, StartError> {
+        let api = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::MetricsListen { addr, source })?,
+            ),
+            None => None,
+        };
+        Ok(Listeners { api, metrics })
+    }
+}
+
+/// What `ready` is told once pixgate serves: where, and the state requests will see.
+pub struct Ready<'a> {
+    pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub state: &'a Arc<State>,
+}
+
+/// The one startup path (`pixgate serve` and the tests): builds the state (policy,
+/// watermark), serves until `shutdown` completes, then drains connections. `ready` is
+/// called once the policy watcher and the admin listener are up, so whatever it announces
+/// (`listening on`) is true of everything a client may do next.
+pub async fn run(
+    listeners: Listeners,
+    config: Config,
+    ready: impl FnOnce(Ready<'_>),
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    if config.keys.is_empty() {
+        tracing::info!("signing is off: any signature segment is accepted (use `insecure`)");
+    }
+    let state = Arc::new(State::start(config).await?);
+    match &state.policy {
+        Some(p) => {
+            tracing::info!(file = %p.file().display(), generation = p.generation(), "policy loaded")
+        }
+        None => tracing::info!(
+            "no policy file ({} absent or policy_file = \"\"): every request is allowed without limits",
+            crate::config::DEFAULT_POLICY_FILE
+        ),
+    }
+    let Listeners { api, metrics } = listeners;
+    let addr = api.local_addr().map_or(state.config.listen, |a| a);
+    let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(at) = metrics_addr {
+        tracing::info!(addr = %at, "metrics on http://{at}/metrics");
+    }
+    let announce = |state: &Arc<State>| {
+        let c = &state.config;
+        tracing::info!(local_root = %c.local_root.display(), workers = c.workers, "ready");
+        ready(Ready {
+            addr,
+            metrics_addr,
+            state,
+        });
+    };
+    serve(api, metrics, state, announce, shutdown).await;
+    Ok(())
+}
+
+/// Accepts and serves connections until `shutdown`, then drains them.
+async fn serve(
     listener: TcpListener,
     metrics: Option<TcpListener>,
     state: Arc<State>,
-    ready: impl FnOnce(),
+    ready: impl FnOnce(&Arc<State>),
     shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
+) {
     let config = &state.config;
     let shutdown_timeout = config.shutdown_timeout;
     let header_timeout = config.header_read_timeout;
     let idle_timeout = config.keep_alive_timeout;
-    let connections = Arc::new(Semaphore::new(config.raw.max_connections));
+    let connections = Arc::new(Semaphore::new(config.max_connections));
     let per_address = Arc::new(PerAddress {
-        cap: if config.raw.max_connections_per_ip == 0 {
-            usize::MAX
-        } else {
-            config.raw.max_connections_per_ip
-        },
+        cap: config.max_connections_per_ip.unwrap_or(usize::MAX),
         open: Mutex::new(HashMap::new()),
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -213,7 +267,7 @@ pub async fn serve(
     // Reloads the policy on edits and SIGHUP for as long as we serve.
     let watcher = state.policy.clone().map(|p| tokio::spawn(p.watch()));
     let metrics = metrics.map(|l| tokio::spawn(serve_metrics(l, state.clone())));
-    ready();
+    ready(&state);
     tokio::pin!(shutdown);
     loop {
         // Over the cap, connections wait in the kernel's accept queue.
@@ -304,7 +358,6 @@ pub async fn serve(
             "shutdown timeout: closing remaining connections"
         );
     }
-    Ok(())
 }
 
 /// The metrics listener: `GET /metrics` in the Prometheus text format, nothing else.

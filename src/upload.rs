@@ -1,7 +1,7 @@
 //! `POST /upload` bodies: the image as the raw body or as the `file` part of a
 //! `multipart/form-data` form, read within the source size limit (a declared length over it
-//! is refused before reading, a streamed one as soon as it passes it), and the ids of the
-//! short-lived result URLs that JSON answers point to.
+//! is refused before reading, a streamed one as soon as it passes it), the ids of the
+//! short-lived result URLs that JSON answers point to, and that JSON answer.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -191,4 +191,46 @@ pub fn valid_id(id: &str) -> bool {
         && random
             .bytes()
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+/// What processing an upload learnt besides the bytes: the JSON answer's facts.
+pub struct Facts {
+    pub input: crate::pixels::SourceInfo,
+    pub input_bytes: usize,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Whether `Accept` asks for the JSON answer rather than the image.
+pub fn wants_json(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| {
+        a.split(',')
+            .any(|t| t.split(';').next().unwrap_or_default().trim() == "application/json")
+    })
+}
+
+/// The JSON answer: input and output facts, and where the result waits for how long.
+pub fn describe(
+    facts: &Facts,
+    result: &crate::response::CachedResult,
+    url: &str,
+    expires_in: std::time::Duration,
+) -> String {
+    serde_json::json!({
+        "input": {
+            "format": facts.input.format.ext(),
+            "width": facts.input.width,
+            "height": facts.input.height,
+            "bytes": facts.input_bytes,
+        },
+        "output": {
+            "format": result.format.ext(),
+            "width": facts.width,
+            "height": facts.height,
+            "bytes": result.bytes.len(),
+        },
+        "url": url,
+        "expires_in": expires_in.as_secs(),
+    })
+    .to_string()
 }

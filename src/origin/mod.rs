@@ -174,9 +174,9 @@ pub struct Origin {
 impl Origin {
     pub fn new(cfg: &Config) -> Origin {
         let guard = Arc::new(AddressGuard {
-            allow_loopback: cfg.raw.allow_loopback_sources,
-            allow_private: cfg.raw.allow_private_sources,
-            allow_link_local: cfg.raw.allow_link_local_sources,
+            allow_loopback: cfg.allow_loopback_sources,
+            allow_private: cfg.allow_private_sources,
+            allow_link_local: cfg.allow_link_local_sources,
             allowed_networks: cfg.allowed_source_networks.clone(),
         });
         let https = hyper_rustls::HttpsConnectorBuilder::new()
@@ -195,13 +195,9 @@ impl Origin {
             local_root: cfg.local_root.clone(),
             allowed_sources: cfg.allowed_sources.clone(),
             timeout: cfg.download_timeout,
-            max_bytes: if cfg.raw.max_src_file_size == 0 {
-                u64::MAX
-            } else {
-                cfg.raw.max_src_file_size
-            },
-            max_redirects: cfg.raw.max_redirects,
-            user_agent: cfg.raw.user_agent.clone(),
+            max_bytes: cfg.max_src_file_size.unwrap_or(u64::MAX),
+            max_redirects: cfg.max_redirects,
+            user_agent: cfg.user_agent.clone(),
         }
     }
 
@@ -365,14 +361,22 @@ fn resolve_location(base: &Uri, loc: &str) -> Result<String, OriginError> {
 
 /// An HTTP date (IMF-fixdate) from a file time.
 fn httpdate_from(t: std::time::SystemTime) -> String {
-    let secs = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs()) as i64;
-    crate::response::http_date(secs)
+    httpdate::fmt_http_date(t.max(std::time::UNIX_EPOCH))
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn file_times_are_http_dates() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(784111777);
+        assert_eq!(super::httpdate_from(t), "Sun, 06 Nov 1994 08:49:37 GMT");
+        let before = std::time::UNIX_EPOCH - std::time::Duration::from_secs(5);
+        assert_eq!(
+            super::httpdate_from(before),
+            "Thu, 01 Jan 1970 00:00:00 GMT"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -8,11 +8,11 @@ use std::io::Cursor;
 
 use image::{DynamicImage, RgbaImage};
 
+use super::deadline::Deadline;
+use super::types::{
+    DecodeError, EncodeError, EncoderConfig, MAX_DECODER_ALLOC, SourceInfo, WebpMode,
+};
 use crate::format::Format;
-use crate::pixels::Deadline;
-use crate::pixels::decode::DecodeError;
-use crate::pixels::encode::{EncodeError, EncoderConfig, WebpMode};
-use crate::pixels::probe::SourceInfo;
 
 /// One composited frame: what a browser shows, and for how long.
 pub struct Frame {
@@ -77,8 +77,7 @@ pub(crate) fn gif_decoder(data: &[u8]) -> Result<gif::Decoder<Cursor<&[u8]>>, De
     opts.set_color_output(gif::ColorOutput::RGBA);
     opts.allow_unknown_blocks(true);
     opts.set_memory_limit(gif::MemoryLimit::Bytes(
-        std::num::NonZeroU64::new(super::decode::MAX_DECODER_ALLOC)
-            .unwrap_or(std::num::NonZeroU64::MIN),
+        std::num::NonZeroU64::new(MAX_DECODER_ALLOC).unwrap_or(std::num::NonZeroU64::MIN),
     ));
     opts.read_info(Cursor::new(data)).map_err(gif_corrupt)
 }

@@ -6,10 +6,8 @@ use std::ffi::CStr;
 use image::DynamicImage;
 use libavif_sys as sys;
 
+use super::types::{DecodeError, Decoded, EncodeError, Metadata, ProbeError, SourceInfo};
 use crate::format::Format;
-use crate::pixels::decode::{DecodeError, Decoded};
-use crate::pixels::encode::{EncodeError, Metadata};
-use crate::pixels::probe::{ProbeError, SourceInfo};
 
 /// Owns a libavif decoder reading `data` (which must outlive it), and the bytes it reads
 /// when they are a rewritten copy.

@@ -10,35 +10,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use image::{DynamicImage, ImageDecoder, ImageFormat};
 
 use super::deadline::Deadline;
+use super::metadata::{assemble_icc, webp_exif, webp_icc};
+pub use super::types::{DecodeError, Decoded};
+use super::types::{MAX_DECODER_ALLOC, SourceInfo};
 use crate::format::Format;
-use crate::pixels::probe::SourceInfo;
-
-/// Why decoding failed.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum DecodeError {
-    #[error("corrupt {0} data: {1}")]
-    Corrupt(Format, String),
-    #[error("decoding {0} is not supported")]
-    Unsupported(Format),
-    /// A valid file using a feature this build does not decode.
-    #[error("{0} variant not supported: {1}")]
-    UnsupportedVariant(Format, String),
-    /// The deadline passed while decoding.
-    #[error("the request deadline passed during decoding")]
-    Deadline,
-}
-
-/// Decoded pixels and the metadata worth keeping.
-pub struct Decoded {
-    pub image: DynamicImage,
-    /// Embedded ICC profile, when the source had a complete one.
-    pub icc: Option<Vec<u8>>,
-    /// Raw EXIF (TIFF structure), when the source had one.
-    pub exif: Option<Vec<u8>>,
-}
-
-/// Largest allocation any decoder may make, beyond the header-checked pixel buffer.
-pub(crate) const MAX_DECODER_ALLOC: u64 = 1 << 30;
 
 /// Picks libjpeg's DCT scale denominator (1, 2, 4 or 8) for an overall shrink factor.
 ///
@@ -326,31 +301,6 @@ fn decode_gif(data: &[u8], info: &SourceInfo, deadline: &Deadline) -> Result<Dec
     })
 }
 
-/// Joins ICC_PROFILE APP2 chunks in sequence order; an incomplete or inconsistent set, or
-/// one larger than `metadata::MAX_ICC_BYTES`, is dropped (the image is then treated as
-/// sRGB), never an error.
-pub(crate) fn assemble_icc(mut chunks: Vec<(u8, u8, &[u8])>) -> Option<Vec<u8>> {
-    let size: usize = chunks.iter().map(|c| c.2.len()).sum();
-    if size > super::metadata::MAX_ICC_BYTES {
-        return None;
-    }
-    let total = chunks.first()?.1;
-    if total == 0 || chunks.len() != usize::from(total) || chunks.iter().any(|c| c.1 != total) {
-        return None;
-    }
-    chunks.sort_by_key(|c| c.0);
-    if chunks
-        .iter()
-        .enumerate()
-        .any(|(i, c)| usize::from(c.0) != i + 1)
-    {
-        return None;
-    }
-    let profile: Vec<u8> = chunks.iter().flat_map(|c| c.2.iter().copied()).collect();
-    // An ICC profile starts with its own size and carries `acsp` at offset 36.
-    (profile.len() >= 128 && &profile[36..40] == b"acsp").then_some(profile)
-}
-
 /// Naive CMYK → RGB. Adobe writers store CMYK inverted (APP14); without colour management
 /// this matches what browsers and libjpeg-based tools show for untagged CMYK.
 fn cmyk_to_rgb(w: u32, h: u32, px: &[u8], adobe_inverted: bool) -> image::RgbImage {
@@ -410,34 +360,6 @@ fn first_webp_frame(data: &[u8]) -> Option<DynamicImage> {
         .ok()
         .flatten()
         .map(|f| DynamicImage::ImageRgba8(f.image))
-}
-
-/// The ICC profile of a WebP file.
-pub fn webp_icc(data: &[u8]) -> Option<Vec<u8>> {
-    webp_chunk(data, b"ICCP", super::metadata::MAX_ICC_BYTES)
-}
-
-/// The EXIF chunk of a WebP file, as stored.
-pub fn webp_exif(data: &[u8]) -> Option<Vec<u8>> {
-    webp_chunk(data, b"EXIF", super::metadata::MAX_EXIF_BYTES)
-}
-
-/// A top-level RIFF chunk's payload (ICCP, EXIF), bounded by the data; `None` when it is
-/// larger than `max` (dropped, never copied).
-fn webp_chunk(d: &[u8], kind: &[u8; 4], max: usize) -> Option<Vec<u8>> {
-    let mut pos = 12;
-    while pos + 8 <= d.len() {
-        let len = u32::from_le_bytes([d[pos + 4], d[pos + 5], d[pos + 6], d[pos + 7]]) as usize;
-        let end = (pos + 8).checked_add(len)?;
-        if &d[pos..pos + 4] == kind {
-            return d
-                .get(pos + 8..end)
-                .filter(|c| c.len() <= max)
-                .map(<[u8]>::to_vec);
-        }
-        pos = end + (len & 1);
-    }
-    None
 }
 
 #[cfg(test)]

@@ -8,88 +8,14 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use image::{DynamicImage, ExtendedColorType, ImageEncoder};
 
-use super::deadline::{Deadline, Expired};
+use super::deadline::Deadline;
+pub use super::types::{
+    DEFAULT_AVIF_SPEED, EncodeError, EncoderConfig, JpegMode, Metadata, WebpMode,
+};
 use crate::format::Format;
-
-/// Why encoding failed.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum EncodeError {
-    #[error("this build cannot write {0}")]
-    Unsupported(Format),
-    #[error("{0} encoder failed: {1}")]
-    Failed(Format, String),
-    /// The deadline passed while encoding (or the encode could not finish before it).
-    #[error("the request deadline passed during encoding")]
-    Deadline,
-}
-
-impl From<Expired> for EncodeError {
-    fn from(_: Expired) -> Self {
-        EncodeError::Deadline
-    }
-}
 
 /// Rows handed to a row-fed encoder between deadline checks.
 const ROWS_PER_CHECK: usize = 64;
-
-/// Which JPEG encoder settings to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum JpegMode {
-    /// mozjpeg: trellis quantisation and optimised Huffman tables, baseline scans (measured
-    /// on an 800x450 photo at q80: 34.9 KB in 12.5 ms, 15% smaller than `Fast`'s 41.0 KB in
-    /// 2.1 ms). With `jpeg_progressive`, mozjpeg's searched progressive scans: 34.8 KB in
-    /// 22.6 ms.
-    #[default]
-    Small,
-    /// libjpeg-turbo-equivalent settings (baseline unless progressive is asked for, optimised
-    /// Huffman tables, no trellis): fastest.
-    Fast,
-}
-
-/// WebP compression mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum WebpMode {
-    #[default]
-    Lossy,
-    Lossless,
-}
-
-/// Encoder settings that are server configuration rather than per-request options.
-#[derive(Debug, Clone, PartialEq)]
-pub struct EncoderConfig {
-    pub jpeg_mode: JpegMode,
-    /// Progressive JPEG (imgproxy's `IMGPROXY_JPEG_PROGRESSIVE`; off by default as there).
-    pub jpeg_progressive: bool,
-    pub webp_mode: WebpMode,
-    /// libwebp `method`, 0 (fast) ..= 6 (small).
-    pub webp_effort: u8,
-    /// libaom speed, 0 (slow, small) ..= 10 (fast).
-    pub avif_speed: u8,
-}
-
-impl Default for EncoderConfig {
-    fn default() -> Self {
-        EncoderConfig {
-            jpeg_mode: JpegMode::Small,
-            jpeg_progressive: false,
-            webp_mode: WebpMode::Lossy,
-            webp_effort: 4,
-            avif_speed: DEFAULT_AVIF_SPEED,
-        }
-    }
-}
-
-/// libaom speed by default: an 800 px photo encodes in 52.8 ms here (`benches/formats.rs`);
-/// speed 9 takes 16.3 ms but needs about 6% more bytes for the same PSNR.
-pub const DEFAULT_AVIF_SPEED: u8 = 8;
-
-/// Metadata to embed in the output.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Metadata<'a> {
-    pub icc: Option<&'a [u8]>,
-    /// TIFF-structured EXIF (without the `Exif\0\0` prefix).
-    pub exif: Option<&'a [u8]>,
-}
 
 /// Whether this build can write `format`.
 pub fn can_write(format: Format) -> bool {

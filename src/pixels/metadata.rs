@@ -3,7 +3,8 @@
 //! larger one is dropped while the image still decodes), and what survives
 //! `strip_metadata`: with `keep_copyright`, the EXIF Copyright and Artist tags of the source,
 //! rewritten as a minimal EXIF block (kamadak-exif reads and writes it; everything else, GPS
-//! positions and camera serials included, is dropped).
+//! positions and camera serials included, is dropped). Also the container side of metadata
+//! that probe and decoders share: JPEG APP2 ICC chunks joined, WebP ICCP/EXIF chunks found.
 
 use std::borrow::Cow;
 
@@ -131,6 +132,59 @@ pub fn summary(tiff: &[u8]) -> ExifSummary {
         taken_at: text(Tag::DateTimeOriginal).or_else(|| text(Tag::DateTime)),
         copyright: text(Tag::Copyright),
     }
+}
+
+/// Joins ICC_PROFILE APP2 chunks in sequence order; an incomplete or inconsistent set, or
+/// one larger than `metadata::MAX_ICC_BYTES`, is dropped (the image is then treated as
+/// sRGB), never an error.
+pub(crate) fn assemble_icc(mut chunks: Vec<(u8, u8, &[u8])>) -> Option<Vec<u8>> {
+    let size: usize = chunks.iter().map(|c| c.2.len()).sum();
+    if size > MAX_ICC_BYTES {
+        return None;
+    }
+    let total = chunks.first()?.1;
+    if total == 0 || chunks.len() != usize::from(total) || chunks.iter().any(|c| c.1 != total) {
+        return None;
+    }
+    chunks.sort_by_key(|c| c.0);
+    if chunks
+        .iter()
+        .enumerate()
+        .any(|(i, c)| usize::from(c.0) != i + 1)
+    {
+        return None;
+    }
+    let profile: Vec<u8> = chunks.iter().flat_map(|c| c.2.iter().copied()).collect();
+    // An ICC profile starts with its own size and carries `acsp` at offset 36.
+    (profile.len() >= 128 && &profile[36..40] == b"acsp").then_some(profile)
+}
+
+/// The ICC profile of a WebP file.
+pub fn webp_icc(data: &[u8]) -> Option<Vec<u8>> {
+    webp_chunk(data, b"ICCP", MAX_ICC_BYTES)
+}
+
+/// The EXIF chunk of a WebP file, as stored.
+pub fn webp_exif(data: &[u8]) -> Option<Vec<u8>> {
+    webp_chunk(data, b"EXIF", MAX_EXIF_BYTES)
+}
+
+/// A top-level RIFF chunk's payload (ICCP, EXIF), bounded by the data; `None` when it is
+/// larger than `max` (dropped, never copied).
+fn webp_chunk(d: &[u8], kind: &[u8; 4], max: usize) -> Option<Vec<u8>> {
+    let mut pos = 12;
+    while pos + 8 <= d.len() {
+        let len = u32::from_le_bytes([d[pos + 4], d[pos + 5], d[pos + 6], d[pos + 7]]) as usize;
+        let end = (pos + 8).checked_add(len)?;
+        if &d[pos..pos + 4] == kind {
+            return d
+                .get(pos + 8..end)
+                .filter(|c| c.len() <= max)
+                .map(<[u8]>::to_vec);
+        }
+        pos = end + (len & 1);
+    }
+    None
 }
 
 #[cfg(test)]

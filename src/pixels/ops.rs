@@ -5,17 +5,11 @@
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, GenericImage, GenericImageView, Rgba};
 
-use super::PixelError;
 use super::deadline::{Deadline, Expired};
+pub use super::types::OpsError;
+use super::types::PixelError;
 use crate::plan::{Plan, Rect};
 use crate::request::options::{Gravity, GravityType, Rgb, Trim};
-
-/// Why a pixel operation failed (an invariant of the plan broken: our bug, a 500).
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum OpsError {
-    #[error("resize failed: {0}")]
-    Resize(String),
-}
 
 /// How canvas areas and transparency are filled.
 #[derive(Debug, Clone, Copy)]

@@ -3,62 +3,8 @@
 //! only container structure, never allocates a pixel buffer, and is bounded by the input length:
 //! this is where pixel floods and size lies are refused, before any decoder sees the bytes.
 
+pub use super::types::{ProbeError, SourceInfo};
 use crate::format::Format;
-
-/// Why a source could not be probed.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum ProbeError {
-    #[error("the source is empty")]
-    Empty,
-    #[error("the source is not an image")]
-    NotAnImage,
-    #[error("corrupt {0} header: {1}")]
-    Corrupt(Format, &'static str),
-    #[error("{0} variant not supported: {1}")]
-    Unsupported(Format, &'static str),
-}
-
-/// Header facts.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SourceInfo {
-    pub format: Format,
-    /// Stored size, before orientation; for animations the canvas (logical screen).
-    pub width: u32,
-    pub height: u32,
-    /// EXIF orientation, 1..=8 (1 when absent or invalid).
-    pub orientation: u8,
-    /// Number of frames (1 for still images).
-    pub frames: u32,
-    /// How many times an animation plays, normalised across containers: 0 = forever
-    /// (GIF without a NETSCAPE2.0 block plays once; with a count n it repeats n times more).
-    pub plays: u32,
-    pub has_alpha: bool,
-    pub has_icc: bool,
-    /// JPEG only: CMYK/YCCK, and whether Adobe's APP14 says values are stored inverted.
-    pub cmyk: bool,
-    pub adobe: bool,
-}
-
-impl SourceInfo {
-    pub(crate) fn new(format: Format, width: u32, height: u32) -> Self {
-        SourceInfo {
-            format,
-            width,
-            height,
-            orientation: 1,
-            frames: 1,
-            plays: 1,
-            has_alpha: false,
-            has_icc: false,
-            cmyk: false,
-            adobe: false,
-        }
-    }
-
-    pub fn pixels(&self) -> u64 {
-        u64::from(self.width) * u64::from(self.height)
-    }
-}
 
 /// Sniffs the format from magic bytes; `None` means "not an image we know".
 pub fn sniff(data: &[u8]) -> Option<Format> {
@@ -322,12 +268,12 @@ pub fn header_metadata(d: &[u8], format: Format) -> (Option<Vec<u8>>, Option<Vec
                     _ => {}
                 }
             }
-            (super::decode::assemble_icc(chunks), exif)
+            (super::metadata::assemble_icc(chunks), exif)
         }
         Format::Webp => (
-            super::decode::webp_icc(d),
+            super::metadata::webp_icc(d),
             // Some writers keep the JPEG-style prefix.
-            super::decode::webp_exif(d).map(|e| match e.strip_prefix(b"Exif\0\0") {
+            super::metadata::webp_exif(d).map(|e| match e.strip_prefix(b"Exif\0\0") {
                 Some(tiff) => tiff.to_vec(),
                 None => e,
             }),

@@ -13,9 +13,8 @@ use image::DynamicImage;
 use resvg::tiny_skia;
 use resvg::usvg::{self, roxmltree};
 
+use super::types::{DecodeError, Decoded, ProbeError, Prober, SourceInfo};
 use crate::format::Format;
-use crate::pixels::decode::{DecodeError, Decoded};
-use crate::pixels::probe::{ProbeError, SourceInfo};
 
 /// XML nodes (elements, text, attributes' owners) a document may have.
 const MAX_NODES: u32 = 200_000;
@@ -160,11 +159,11 @@ fn fonts() -> Arc<usvg::fontdb::Database> {
         .clone()
 }
 
-fn options() -> usvg::Options<'static> {
-    let embedded = |_mime: &str, data: Arc<Vec<u8>>, _: &usvg::Options| {
+fn options(probe: Prober) -> usvg::Options<'static> {
+    let embedded = move |_mime: &str, data: Arc<Vec<u8>>, _: &usvg::Options| {
         // Only raster formats, checked from their header like any source; nested SVG and
         // anything else is dropped.
-        let info = super::probe::probe(&data).ok()?;
+        let info = probe(&data).ok()?;
         if info.pixels() > MAX_EMBEDDED_PIXELS {
             return None;
         }
@@ -188,15 +187,16 @@ fn options() -> usvg::Options<'static> {
     }
 }
 
-fn tree(data: &[u8]) -> Result<usvg::Tree, DecodeError> {
+fn tree(data: &[u8], probe: Prober) -> Result<usvg::Tree, DecodeError> {
     let doc = parse(data).map_err(|e| DecodeError::Corrupt(Format::Svg, e.to_string()))?;
-    usvg::Tree::from_xmltree(&doc, &options())
+    usvg::Tree::from_xmltree(&doc, &options(probe))
         .map_err(|e| DecodeError::Corrupt(Format::Svg, e.to_string()))
 }
 
-/// Rasterises the document to exactly `width` × `height` (straight RGBA).
-pub fn render(data: &[u8], width: u32, height: u32) -> Result<Decoded, DecodeError> {
-    let tree = tree(data)?;
+/// Rasterises the document to exactly `width` × `height` (straight RGBA); embedded raster
+/// images are kept when `probe` accepts them.
+pub fn render(data: &[u8], width: u32, height: u32, probe: Prober) -> Result<Decoded, DecodeError> {
+    let tree = tree(data, probe)?;
     let mut pixmap = tiny_skia::Pixmap::new(width.max(1), height.max(1))
         .ok_or_else(|| DecodeError::Corrupt(Format::Svg, "render size".into()))?;
     let size = tree.size();
@@ -221,8 +221,8 @@ pub fn render(data: &[u8], width: u32, height: u32) -> Result<Decoded, DecodeErr
 }
 
 /// The document re-serialised from usvg's tree: safe to serve as `image/svg+xml`.
-pub fn sanitize(data: &[u8]) -> Result<Vec<u8>, DecodeError> {
-    Ok(tree(data)?
+pub fn sanitize(data: &[u8], probe: Prober) -> Result<Vec<u8>, DecodeError> {
+    Ok(tree(data, probe)?
         .to_string(&usvg::WriteOptions::default())
         .into_bytes())
 }

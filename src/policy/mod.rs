@@ -56,15 +56,22 @@ pub struct Limit {
     pub period: Duration,
 }
 
+/// A refusal by `decide`: what the client is answered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    /// 401, 402, 403 or 429.
+    pub status: u16,
+    /// Written by the operator for clients (e.g. "upgrade your plan").
+    pub reason: String,
+    /// Seconds, for `Retry-After`.
+    pub retry_after: Option<u64>,
+}
+
 /// The checked return value of `decide`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     Allow(Option<Limit>),
-    Deny {
-        status: u16,
-        reason: String,
-        retry_after: Option<u64>,
-    },
+    Deny(Refusal),
 }
 
 impl Decision {
@@ -76,11 +83,11 @@ impl Decision {
                 "allow": true, "bucket": l.bucket, "rate": l.rate, "per": l.per,
                 "burst": l.burst, "cost": l.cost,
             }),
-            Decision::Deny {
+            Decision::Deny(Refusal {
                 status,
                 reason,
                 retry_after,
-            } => serde_json::json!({
+            }) => serde_json::json!({
                 "allow": false, "status": status, "reason": reason, "retry_after": retry_after,
             }),
         }
@@ -104,8 +111,8 @@ pub struct PolicySettings {
     /// Threads running `decide` (0 = the number of cores).
     pub threads: usize,
     /// With `on_error = "allow"`: requests per second each API key (or client address,
-    /// without a key) may make while `decide` fails; 0 = unlimited.
-    pub error_rate: f64,
+    /// without a key) may make while `decide` fails; `None`: unlimited.
+    pub error_rate: Option<f64>,
 }
 
 /// How long a reload (reading, compiling, canned requests, the script's tests) may take
@@ -116,11 +123,7 @@ pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
     Allow,
-    Deny {
-        status: u16,
-        reason: String,
-        retry_after: Option<u64>,
-    },
+    Deny(Refusal),
     Limited(Limited),
     /// `decide` failed and `on_error = "deny"`.
     Failed(PolicyError),
@@ -492,17 +495,9 @@ impl Policy {
                     }
                 }
             }
-            Ok(Decision::Deny {
-                status,
-                reason,
-                retry_after,
-            }) => {
+            Ok(Decision::Deny(refusal)) => {
                 s.denied.fetch_add(1, Ordering::Relaxed);
-                Verdict::Deny {
-                    status,
-                    reason,
-                    retry_after,
-                }
+                Verdict::Deny(refusal)
             }
             Ok(Decision::Allow(limit)) => {
                 if let Some(l) = limit {
@@ -519,10 +514,10 @@ impl Policy {
 
     /// While `decide` fails, each key (or address) gets `error_rate` requests a second.
     fn fallback_limit(&self, req: &PolicyRequest) -> Option<Limit> {
-        let rate = self.settings.error_rate;
-        if rate <= 0.0 || !rate.is_finite() {
-            return None;
-        }
+        let rate = self
+            .settings
+            .error_rate
+            .filter(|r| *r > 0.0 && r.is_finite())?;
         let bucket = match &req.key {
             Some(k) => format!("policy-error:key:{k}"),
             None => format!("policy-error:ip:{}", req.ip),
@@ -549,8 +544,8 @@ impl Policy {
         drop(log);
         let safe = match (self.settings.on_error, self.settings.error_rate) {
             (OnError::Deny, _) => "refused (503)".to_string(),
-            (OnError::Allow, r) if r > 0.0 => format!("served within {r}/s per key or address"),
-            (OnError::Allow, _) => "served without limit (policy_error_rate = 0)".to_string(),
+            (OnError::Allow, Some(r)) => format!("served within {r}/s per key or address"),
+            (OnError::Allow, None) => "served without limit (policy_error_rate = 0)".to_string(),
         };
         tracing::warn!(error = %e, failures, then = %safe, "policy failed");
     }

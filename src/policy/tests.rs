@@ -61,7 +61,7 @@ fn settings(file: PathBuf, on_error: OnError) -> PolicySettings {
         limits: LIMITS,
         max_buckets: 1000,
         threads: 2,
-        error_rate: 0.0,
+        error_rate: None,
     }
 }
 
@@ -188,20 +188,20 @@ fn good_decisions_take_defaults() {
     r.key = Some("deny".into());
     assert_eq!(
         eval_once(&s, LIMITS, &r),
-        Ok(Decision::Deny {
+        Ok(Decision::Deny(Refusal {
             status: 403,
             reason: "Forbidden by policy".into(),
             retry_after: None
-        })
+        }))
     );
     r.key = Some("slow".into());
     assert_eq!(
         eval_once(&s, LIMITS, &r),
-        Ok(Decision::Deny {
+        Ok(Decision::Deny(Refusal {
             status: 429,
             reason: "wait".into(),
             retry_after: Some(2)
-        })
+        }))
     );
 }
 
@@ -268,7 +268,7 @@ fn reloads_swap_only_working_scripts() {
     let p = Policy::load(settings(file.clone(), OnError::Allow)).unwrap();
     let req = canned_requests()[0].clone();
     let reason = |p: &Policy| match p.check_blocking(&req) {
-        Verdict::Deny { reason, .. } => reason,
+        Verdict::Deny(Refusal { reason, .. }) => reason,
         other => panic!("{other:?}"),
     };
     assert_eq!((p.generation(), reason(&p).as_str()), (1, "v1"));
@@ -520,7 +520,7 @@ fn a_failing_decide_is_served_under_the_fallback_limit_and_counted() {
          end",
     );
     let p = Policy::load(PolicySettings {
-        error_rate: 2.0,
+        error_rate: Some(2.0),
         ..settings(file, OnError::Allow)
     })
     .unwrap();

@@ -256,6 +256,18 @@ pub struct SecurityOverrides {
     pub max_result_dimension: Option<u32>,
 }
 
+impl SecurityOverrides {
+    /// The largest source allowed: the server's limit, lowered (never raised) by `msfs`;
+    /// `None` and `msfs:0` mean no limit.
+    pub fn source_size_limit(&self, server: Option<u64>) -> Option<u64> {
+        let url = self.max_src_file_size.filter(|v| *v > 0);
+        match (server, url) {
+            (Some(s), Some(u)) => Some(s.min(u)),
+            (s, u) => s.or(u),
+        }
+    }
+}
+
 /// Every processing option of a request, after defaults, presets and left-to-right overrides.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Options {

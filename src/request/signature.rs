@@ -5,7 +5,13 @@
 use base64::Engine as _;
 use hmac::{KeyInit, Mac};
 
-use crate::config::KeyPair;
+/// A signing pair, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyPair {
+    pub tenant: String,
+    pub key: Vec<u8>,
+    pub salt: Vec<u8>,
+}
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 

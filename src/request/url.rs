@@ -80,7 +80,7 @@ pub struct ParsedRequest {
 
 /// What URL parsing needs from the configuration.
 pub struct UrlContext<'a> {
-    pub keys: &'a [crate::config::KeyPair],
+    pub keys: &'a [crate::request::signature::KeyPair],
     pub signature_size: usize,
     pub trusted_signatures: &'a [String],
     pub presets: &'a Presets,
@@ -310,7 +310,7 @@ fn prefix_match(pattern: &[u8], s: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::KeyPair;
+    use crate::request::signature::KeyPair;
 
     fn ctx<'a>(keys: &'a [KeyPair], presets: &'a Presets, defaults: &'a Options) -> UrlContext<'a> {
         UrlContext {

@@ -308,12 +308,12 @@ async fn watermark_from_file_url_and_cli() {
         watermark_url: "http://127.0.0.1:1/x.png".into(),
         ..test_config()
     };
-    assert!(pixgate::config::validate(both).is_err());
+    assert!(pixgate::config::from_raw(both).is_err());
     let missing = pixgate::config::RawConfig {
         watermark_path: "/nonexistent/mark.png".into(),
         ..test_config()
     };
-    let errs = pixgate::config::validate(missing).unwrap_err();
+    let errs = pixgate::config::from_raw(missing).unwrap_err();
     assert!(
         errs.iter().any(|e| e.contains("watermark_path")),
         "{errs:?}"
@@ -322,7 +322,7 @@ async fn watermark_from_file_url_and_cli() {
         watermark_data: "aGVsbG8=".into(),
         ..test_config()
     };
-    assert!(pixgate::config::validate(not_image).is_err());
+    assert!(pixgate::config::from_raw(not_image).is_err());
 
     // The CLI takes the mark as a flag.
     let out_file = dir.path("out.png");

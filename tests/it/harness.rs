@@ -10,14 +10,15 @@ use hyper::HeaderMap;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use pixgate::config::{self, RawConfig};
+use pixgate::server;
 
 pub struct Pixgate {
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     /// The server's own state: caches and counters, for assertions.
-    pub state: std::sync::Arc<pixgate::handler::State>,
+    pub state: std::sync::Arc<pixgate::state::State>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    done: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    done: Option<tokio::task::JoinHandle<Result<(), pixgate::state::StartError>>>,
 }
 
 /// Test defaults: loopback sources allowed (the origin is on 127.0.0.1), short timeouts.
@@ -36,33 +37,31 @@ pub fn test_config() -> RawConfig {
 }
 
 impl Pixgate {
-    pub async fn start(raw: RawConfig) -> Pixgate {
-        let cfg = config::validate(raw).expect("valid test config");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let metrics_addr = metrics.local_addr().unwrap();
+    /// Starts pixgate through `server::run`, the binary's own startup path, with the API and
+    /// metrics listeners on ports the OS picks; returns once it is ready.
+    pub async fn start(mut raw: RawConfig) -> Pixgate {
+        raw.metrics_listen = "127.0.0.1:0".into();
+        let cfg = config::from_raw(raw).expect("valid test config");
+        let listeners = server::Listeners::bind(&cfg).await.expect("loopback binds");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let mut state = pixgate::handler::State::new(cfg).expect("policy loads");
-        state.fetch_watermark().await.expect("watermark loads");
-        let state = std::sync::Arc::new(state);
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
-        let done = tokio::spawn(pixgate::server::serve(
-            listener,
-            Some(metrics),
-            state.clone(),
-            move || {
-                let _ = ready_tx.send(());
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let done = tokio::spawn(server::run(
+            listeners,
+            cfg,
+            move |r: server::Ready<'_>| {
+                let _ = ready_tx.send((r.addr, r.metrics_addr, r.state.clone()));
             },
             async move {
                 let _ = rx.await;
             },
         ));
         // Edits and signals the test sends next need the policy watcher in place.
-        ready_rx.await.expect("the server starts");
+        let Ok((addr, metrics_addr, state)) = ready_rx.await else {
+            panic!("pixgate did not start: {:?}", done.await);
+        };
         Pixgate {
             addr,
-            metrics_addr,
+            metrics_addr: metrics_addr.expect("the metrics listener is on"),
             state,
             shutdown: Some(tx),
             done: Some(done),

@@ -1,0 +1,325 @@
+//! The configuration as written (TOML file, environment, flags), with the server's defaults:
+//! every field optional in the file, each documented with its unit. The engine's own defaults
+//! (qualities, limits) come from `EngineConfig::default`, so the CLI, the benches and the
+//! server cannot drift apart.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::pixels::EngineConfig;
+
+/// One signing key/salt pair (hex in the file), naming the tenant it authenticates.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    pub tenant: String,
+    pub key: String,
+    pub salt: String,
+}
+
+/// The configuration as written: every field optional in the file, defaults from `Default`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawConfig {
+    /// `address:port` of the API listener; port 0 picks a free port.
+    #[serde(deserialize_with = "string_like")]
+    pub listen: String,
+    /// Simultaneous client connections; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Simultaneous connections from one client address (trusted proxies are exempt);
+    /// more are closed at once. 0 = no per-address cap.
+    pub max_connections_per_ip: usize,
+    /// Seconds a connection may stay open with no request in flight, a new one included
+    /// (one that never sends a request is closed after this).
+    pub keep_alive_timeout: f64,
+    /// Seconds a client may take to send its request headers.
+    pub header_read_timeout: f64,
+    /// Seconds a whole request may take, queue wait included (503 after).
+    pub request_timeout: f64,
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+    pub shutdown_timeout: f64,
+    /// Pixel jobs run at once; 0 = the number of CPU cores.
+    pub workers: usize,
+    /// Pixel jobs waiting for a worker; beyond this, 503 with Retry-After.
+    pub queue_size: usize,
+    /// Bytes of pixel buffers all running jobs may hold together, by each job's estimate
+    /// from its plan; jobs wait (in the queue, up to their deadline) for room.
+    pub memory_budget: u64,
+    /// A level (`info`) or a tracing filter (`pixgate=debug,hyper=warn`).
+    #[serde(deserialize_with = "string_like")]
+    pub log_level: String,
+    /// `text` or `json`.
+    #[serde(deserialize_with = "string_like")]
+    pub log_format: String,
+
+    /// Signing pairs; empty = signing off (any signature accepted, `insecure` by convention).
+    pub keys: Vec<RawKey>,
+    /// Bytes of the HMAC kept in signatures, 1..=32 (imgproxy's `SIGNATURE_SIZE`).
+    pub signature_size: usize,
+    /// Signatures accepted without checking (imgproxy's `TRUSTED_SIGNATURES`).
+    #[serde(deserialize_with = "string_or_list")]
+    pub trusted_signatures: Vec<String>,
+    /// Named option strings usable as `pr:NAME`; `default` applies to every URL.
+    pub presets: BTreeMap<String, String>,
+    /// Refuse option strings that are not presets (imgproxy's `ONLY_PRESETS`).
+    pub only_presets: bool,
+    /// Let URLs set the security options (`msr`, `msfs`, `maf`, `mafr`).
+    pub allow_security_options: bool,
+
+    /// Directory behind `local:///`; empty = the bundled sample images.
+    #[serde(deserialize_with = "string_like")]
+    pub local_root: String,
+    /// Prefix patterns a source URL must match (`*` matches within a path segment); empty = any.
+    #[serde(deserialize_with = "string_or_list")]
+    pub allowed_sources: Vec<String>,
+    /// Let sources resolve to loopback addresses (127.0.0.0/8, ::1).
+    pub allow_loopback_sources: bool,
+    /// Let sources resolve to private addresses (RFC 1918, fc00::/7, CGNAT).
+    pub allow_private_sources: bool,
+    /// Let sources resolve to link-local addresses (169.254.0.0/16 — cloud metadata — and
+    /// fe80::/10).
+    pub allow_link_local_sources: bool,
+    /// CIDR blocks reachable despite the address classes above (an internal origin).
+    #[serde(deserialize_with = "string_or_list")]
+    pub allowed_source_networks: Vec<String>,
+    /// Seconds for the whole source download.
+    pub download_timeout: f64,
+    /// Largest source in bytes, enforced while streaming; 0 = no limit.
+    pub max_src_file_size: u64,
+    /// Redirects followed per source fetch (each target checked like the first URL).
+    pub max_redirects: usize,
+    /// `User-Agent` of source fetches.
+    #[serde(deserialize_with = "string_like")]
+    pub user_agent: String,
+
+    /// Largest source in megapixels (width × height × frames processed), from the header.
+    pub max_src_resolution: f64,
+    /// Animated results with more frames are refused; 1 = first frame only.
+    pub max_animation_frames: u32,
+    /// Per-frame megapixel cap of animations; 0 = `max_src_resolution`.
+    pub max_animation_frame_resolution: f64,
+    /// Largest side of a result in pixels; 0 = only the output format's own maximum.
+    pub max_result_dimension: u32,
+    /// Largest result in megapixels.
+    pub max_result_resolution: f64,
+    /// Default quality, 1..=100, when neither `q` nor `format_quality` says.
+    pub quality: u8,
+    /// Default quality per output format (`webp = 79`), 1..=100.
+    pub format_quality: BTreeMap<String, u8>,
+    /// `small` (mozjpeg trellis) or `fast`.
+    #[serde(deserialize_with = "string_like")]
+    pub jpeg_mode: String,
+    /// Progressive JPEG by default (`jp` overrides).
+    pub jpeg_progressive: bool,
+    /// Lossless WebP by default.
+    pub webp_lossless: bool,
+    /// libwebp method, 0 (fast) ..= 6 (smallest).
+    pub webp_effort: u8,
+    /// libaom speed for AVIF, 0 (slow, smallest) ..= 10 (fastest).
+    pub avif_speed: u8,
+    /// The image `wm` draws: a file, base64 image data, or a URL fetched once at start
+    /// (through the same origin rules as sources). At most one of the three.
+    #[serde(deserialize_with = "string_like")]
+    pub watermark_path: String,
+    /// Base64 image data of the watermark.
+    #[serde(deserialize_with = "string_like")]
+    pub watermark_data: String,
+    /// URL of the watermark, fetched once at start.
+    #[serde(deserialize_with = "string_like")]
+    pub watermark_url: String,
+    /// Bytes of `/upload` bodies held in memory at once (uploads over it: 503).
+    pub upload_buffer_size: u64,
+    /// Multiplies every `wm` opacity (0..=1).
+    pub watermark_opacity: f64,
+    /// `autoquality` when the URL has none: `none`, `dssim` (the default target below) or
+    /// `size` (needs the URL's target, so not useful as a default).
+    #[serde(deserialize_with = "string_like")]
+    pub autoquality_method: String,
+    /// DSSIM target of `aq:dssim` (0 = identical; 0.02 looks like the original).
+    pub autoquality_target: f64,
+    /// Lowest quality the autoquality search tries, 1..=100.
+    pub autoquality_min_quality: u8,
+    /// Highest quality the autoquality search tries, 1..=100.
+    pub autoquality_max_quality: u8,
+    /// The DSSIM search stops once within this of the target (below it).
+    pub autoquality_allowed_error: f64,
+    /// Rotate by the EXIF orientation unless the URL says `ar:0`.
+    pub auto_rotate: bool,
+    /// Drop EXIF/XMP/IPTC unless the URL says `sm:0`.
+    pub strip_metadata: bool,
+    /// Keep the copyright fields when stripping.
+    pub keep_copyright: bool,
+    /// Convert to sRGB and drop the ICC profile unless the URL says `scp:0`.
+    pub strip_color_profile: bool,
+    /// `Content-Disposition: attachment` unless the URL says `att:0`.
+    pub return_attachment: bool,
+    /// `Cache-Control: max-age` in seconds; 0 sends `no-cache`.
+    pub ttl: u64,
+
+    /// Result cache capacity in bytes of encoded images.
+    pub cache_size: u64,
+    /// Seconds a result stays cached, and seconds it stays without being requested.
+    pub cache_ttl: f64,
+    pub cache_tti: f64,
+    /// Results larger than this fraction of `cache_size` are served but not cached.
+    pub cache_max_entry_fraction: f64,
+    /// Source cache capacity in bytes (fetched originals; the srcset pattern fetches once).
+    pub source_cache_size: u64,
+    /// Seconds a source stays cached; at most 3600 (sources are customer data).
+    pub source_cache_ttl: f64,
+    /// With no format in the URL, pick WebP (AVIF once it can be written) when `Accept`
+    /// allows, and answer `Vary: Accept`.
+    pub auto_format: bool,
+    /// imgproxy's ENFORCE_*: negotiate from `Accept` even when the URL names a format.
+    pub enforce_format: bool,
+    /// The Lua policy. Unset: `lua/policy.lua` when it exists, else no policy (everything
+    /// allowed, said at start). Empty string: no policy. A path that does not exist is an error.
+    pub policy_file: Option<String>,
+    /// Where `/metrics` is served (its own listener, so it is never exposed with the API);
+    /// empty: no metrics listener.
+    pub metrics_listen: String,
+    /// `allow` or `deny` a request when `decide` fails at run time.
+    #[serde(deserialize_with = "string_like")]
+    pub policy_on_error: String,
+    /// Memory cap of one policy VM, bytes.
+    pub policy_memory_limit: u64,
+    /// Lua instructions one `decide` call may run.
+    pub policy_max_instructions: u64,
+    /// Seconds one `decide` call may take (a script's top level gets 100 times this).
+    pub policy_timeout: f64,
+    /// Threads running `decide`, off the async runtime; 0 = the number of cores.
+    pub policy_threads: usize,
+    /// With `policy_on_error = "allow"`: requests a second each API key (or client address)
+    /// gets while `decide` fails; 0 = unlimited (not recommended: a typo would lift every
+    /// limit).
+    pub policy_error_rate: f64,
+    /// Rate-limit buckets held at once (refilled buckets are swept and cost nothing).
+    pub policy_max_buckets: usize,
+    /// Proxies (addresses or CIDR blocks) whose `X-Forwarded-For`/`X-Real-IP` are believed.
+    #[serde(deserialize_with = "string_or_list")]
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        let e = EngineConfig::default();
+        RawConfig {
+            listen: "127.0.0.1:8080".into(),
+            max_connections: 2048,
+            max_connections_per_ip: 128,
+            keep_alive_timeout: 10.0,
+            header_read_timeout: 10.0,
+            request_timeout: 10.0,
+            shutdown_timeout: 20.0,
+            workers: 0,
+            queue_size: 64,
+            memory_budget: 2 << 30,
+            log_level: "info".into(),
+            log_format: "text".into(),
+            keys: Vec::new(),
+            signature_size: 32,
+            trusted_signatures: Vec::new(),
+            presets: BTreeMap::new(),
+            only_presets: false,
+            allow_security_options: false,
+            local_root: String::new(),
+            allowed_sources: Vec::new(),
+            allow_loopback_sources: false,
+            allow_private_sources: false,
+            allow_link_local_sources: false,
+            allowed_source_networks: Vec::new(),
+            download_timeout: 5.0,
+            max_src_file_size: 50 * 1024 * 1024,
+            max_redirects: 10,
+            user_agent: format!("pixgate/{}", env!("CARGO_PKG_VERSION")),
+            max_src_resolution: e.max_src_resolution,
+            max_animation_frames: e.max_animation_frames,
+            max_animation_frame_resolution: e.max_animation_frame_resolution,
+            max_result_dimension: e.max_result_dimension,
+            max_result_resolution: e.max_result_resolution,
+            quality: e.quality,
+            format_quality: e
+                .format_quality
+                .iter()
+                .map(|(f, q)| (f.ext().to_string(), *q))
+                .collect(),
+            jpeg_mode: "small".into(),
+            jpeg_progressive: e.encoder.jpeg_progressive,
+            webp_lossless: e.encoder.webp_mode == crate::pixels::WebpMode::Lossless,
+            webp_effort: e.encoder.webp_effort,
+            avif_speed: e.encoder.avif_speed,
+            watermark_path: String::new(),
+            watermark_data: String::new(),
+            watermark_url: String::new(),
+            watermark_opacity: e.watermark_opacity,
+            upload_buffer_size: 256 * 1024 * 1024,
+            autoquality_method: e.autoquality.method.clone(),
+            autoquality_target: e.autoquality.target,
+            autoquality_min_quality: e.autoquality.min_quality,
+            autoquality_max_quality: e.autoquality.max_quality,
+            autoquality_allowed_error: e.autoquality.allowed_error,
+            auto_rotate: true,
+            strip_metadata: true,
+            keep_copyright: true,
+            strip_color_profile: true,
+            return_attachment: false,
+            ttl: 31_536_000,
+            cache_size: 256 * 1024 * 1024,
+            cache_ttl: 86_400.0,
+            cache_tti: 3_600.0,
+            cache_max_entry_fraction: 0.05,
+            source_cache_size: 128 * 1024 * 1024,
+            source_cache_ttl: 3_600.0,
+            auto_format: true,
+            enforce_format: false,
+            policy_file: None,
+            metrics_listen: "127.0.0.1:9464".into(),
+            policy_on_error: "allow".into(),
+            policy_memory_limit: 64 * 1024 * 1024,
+            policy_max_instructions: 200_000,
+            policy_timeout: 0.05,
+            policy_threads: 0,
+            policy_error_rate: 10.0,
+            policy_max_buckets: 1_000_000,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// Accepts a string, or a number/bool written where a string was meant (env values).
+fn string_like<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Int(i64),
+        Float(f64),
+        Bool(bool),
+    }
+    Ok(match Scalar::deserialize(d)? {
+        Scalar::Text(s) => s,
+        Scalar::Int(i) => i.to_string(),
+        Scalar::Float(f) => f.to_string(),
+        Scalar::Bool(b) => b.to_string(),
+    })
+}
+
+/// Accepts a list, or one comma-separated string (env values).
+fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum L {
+        L(Vec<String>),
+        S(String),
+    }
+    Ok(match L::deserialize(d)? {
+        L::L(v) => v,
+        L::S(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+    })
+}
