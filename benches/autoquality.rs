@@ -3,28 +3,16 @@
 //! cost of `aq:dssim` and `mb` per format under Criterion. `cargo bench --bench autoquality`.
 
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use pixgate::EngineConfig;
 use pixgate::pixels::quality::dssim;
 
-fn photos() -> Vec<(String, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/photos");
-    let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|e| {
-            let p = e.ok()?.path();
-            (p.extension()? == "jpg").then(|| {
-                let name = p.file_stem().unwrap().to_string_lossy().into_owned();
-                (name, std::fs::read(&p).unwrap())
-            })
-        })
-        .collect();
-    out.sort();
-    out
-}
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{fixture, photos};
 
 fn run(src: &[u8], opts: &str) -> (Vec<u8>, Duration) {
     let (bytes, t, _) = run_counted(src, opts);
@@ -110,11 +98,7 @@ fn table() {
 
 fn bench(c: &mut Criterion) {
     table();
-    let src = std::fs::read(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/fixtures/photos/lomiri16_seeding_baseline.jpg"),
-    )
-    .unwrap();
+    let src = fixture("photos/lomiri16_seeding_baseline.jpg");
     let cfg = EngineConfig::default();
     let mut g = c.benchmark_group("autoquality");
     g.sample_size(10).measurement_time(Duration::from_secs(8));
@@ -126,7 +110,10 @@ fn bench(c: &mut Criterion) {
         "rs:fit:800:800/f:avif",
         "rs:fit:800:800/f:avif/aq:dssim",
     ] {
-        g.bench_function(opts, |b| {
+        // The group is the area; `/` separates the id's parts, so the options' own become
+        // spaces.
+        let name = format!("jpeg-15.9MP-to-800/{}", opts.replace('/', " "));
+        g.bench_function(name, |b| {
             b.iter(|| black_box(pixgate::transform(&src, opts, &cfg).unwrap()))
         });
     }

@@ -3,7 +3,6 @@
 //! output bytes once per case; and `max_bytes` cost. `cargo bench --bench formats`.
 
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -12,12 +11,10 @@ use pixgate::EngineConfig;
 use pixgate::pixels::Deadline;
 use pixgate::pixels::encode::{self, EncoderConfig, Metadata};
 
-fn fixture(rel: &str) -> Vec<u8> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures")
-        .join(rel);
-    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{fixture, id};
 
 /// The seeding photo at 800 px wide, decoded: what the encoders get after a resize.
 fn photo_800() -> DynamicImage {
@@ -80,7 +77,7 @@ fn formats(c: &mut Criterion) {
     let base = EncoderConfig::default();
     encode_case(
         c,
-        "encode_800_jpeg_q80",
+        &id("encode", "photo-800", "jpeg-q80"),
         &img,
         pixgate::Format::Jpeg,
         80,
@@ -88,7 +85,7 @@ fn formats(c: &mut Criterion) {
     );
     encode_case(
         c,
-        "encode_800_webp_q79",
+        &id("encode", "photo-800", "webp-q79"),
         &img,
         pixgate::Format::Webp,
         79,
@@ -101,7 +98,7 @@ fn formats(c: &mut Criterion) {
         };
         encode_case(
             c,
-            &format!("encode_800_avif_q63_speed{speed}"),
+            &id("encode", "photo-800", &format!("avif-q63-speed{speed}")),
             &img,
             pixgate::Format::Avif,
             63,
@@ -121,7 +118,7 @@ fn formats(c: &mut Criterion) {
         .bytes
         .len();
         let opts = format!("rs:fit:800:0/f:{f}/mb:{}", base * 7 / 10);
-        let name = format!("mb_70pct_800_{f}");
+        let name = id("max-bytes", "jpeg-15.9MP-to-800", &format!("{f}-70pct"));
         let out = pixgate::transform(&src, &opts, &EngineConfig::default()).unwrap();
         eprintln!(
             "{name}: {} bytes (default quality: {base})",
@@ -135,11 +132,12 @@ fn formats(c: &mut Criterion) {
 
     // Smart crop overhead: the same 800x800 fill of the 15.9 MP photo, centred and smart.
     for (name, opts) in [
-        ("fill_800_centre_jpeg", "rs:fill:800:800/f:jpg"),
-        ("fill_800_smart_jpeg", "rs:fill:800:800/g:sm/f:jpg"),
+        ("centre", "rs:fill:800:800/f:jpg"),
+        ("smart", "rs:fill:800:800/g:sm/f:jpg"),
     ] {
         let cfg = EngineConfig::default();
-        c.bench_function(name, |b| {
+        let name = id("fill", "jpeg-15.9MP-to-800x800", name);
+        c.bench_function(&name, |b| {
             b.iter(|| pixgate::transform(black_box(&src), opts, &cfg).unwrap())
         });
     }
@@ -148,11 +146,12 @@ fn formats(c: &mut Criterion) {
     eprintln!("animated source: {} bytes", gif.len());
     let cfg = EngineConfig::default();
     for (name, opts) in [
-        ("anim_gif_50x480_to_240_gif", "rs:fit:240:0"),
-        ("anim_gif_50x480_to_240_webp", "rs:fit:240:0/f:webp"),
-        ("anim_gif_50x480_to_480_webp", "f:webp"),
-        ("anim_gif_50x480_first_frame_240_jpeg", "rs:fit:240:0/f:jpg"),
+        ("to-240-gif", "rs:fit:240:0"),
+        ("to-240-webp", "rs:fit:240:0/f:webp"),
+        ("to-480-webp", "f:webp"),
+        ("first-frame-240-jpeg", "rs:fit:240:0/f:jpg"),
     ] {
+        let name = &id("animation", "gif-50x480", name);
         let out = pixgate::transform(&gif, opts, &cfg).unwrap();
         eprintln!(
             "{name}: {}x{} {} bytes",

@@ -3,18 +3,15 @@
 //! and speed are reported together. `cargo bench --bench pipeline`.
 
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use pixgate::EngineConfig;
 
-fn fixture(rel: &str) -> Vec<u8> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures")
-        .join(rel);
-    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
+#[path = "common/mod.rs"]
+mod common;
+
+use common::{fixture, id};
 
 /// A 2000 px RGBA PNG made from a photo with a radial alpha falloff (no large RGBA PNG ships
 /// with the fixtures).
@@ -58,35 +55,39 @@ fn pipeline(c: &mut Criterion) {
     let png = rgba_png();
     case(
         c,
-        "baseline_15.9MP_to_800_jpeg_q80",
+        &id("pipeline", "jpeg-baseline-15.9MP-to-800", "jpeg-q80"),
         &baseline,
         "rs:fit:800:0/q:80/f:jpg",
         &default,
     );
     case(
         c,
-        "baseline_15.9MP_to_800_jpeg_q80_fast",
+        &id("pipeline", "jpeg-baseline-15.9MP-to-800", "jpeg-q80-fast"),
         &baseline,
         "rs:fit:800:0/q:80/f:jpg",
         &fast,
     );
     case(
         c,
-        "progressive_15.9MP_to_800_jpeg_q80",
+        &id("pipeline", "jpeg-progressive-15.9MP-to-800", "jpeg-q80"),
         &progressive,
         "rs:fit:800:0/q:80/f:jpg",
         &default,
     );
     case(
         c,
-        "progressive_15.9MP_to_800_jpeg_q80_fast",
+        &id(
+            "pipeline",
+            "jpeg-progressive-15.9MP-to-800",
+            "jpeg-q80-fast",
+        ),
         &progressive,
         "rs:fit:800:0/q:80/f:jpg",
         &fast,
     );
     case(
         c,
-        "baseline_15.9MP_to_300_webp_q80",
+        &id("pipeline", "jpeg-baseline-15.9MP-to-300", "webp-q80"),
         &baseline,
         "rs:fit:300:0/q:80/f:webp",
         &default,
@@ -96,21 +97,21 @@ fn pipeline(c: &mut Criterion) {
     let p3 = fixture("conformance/icc/wide-gamut-tests/P3-sRGB-color-ring.jpg");
     case(
         c,
-        "p3_1000_to_800_jpeg_to_srgb",
+        &id("pipeline", "jpeg-p3-1000-to-800", "jpeg-srgb"),
         &p3,
         "rs:fit:800:0/q:80/f:jpg",
         &default,
     );
     case(
         c,
-        "p3_1000_to_800_jpeg_keep_profile",
+        &id("pipeline", "jpeg-p3-1000-to-800", "jpeg-keep-profile"),
         &p3,
         "rs:fit:800:0/q:80/f:jpg/scp:0",
         &default,
     );
     case(
         c,
-        "rgba_png_2000_to_400_webp_q80",
+        &id("pipeline", "png-rgba-2000-to-400", "webp-q80"),
         &png,
         "rs:fit:400:0/q:80/f:webp",
         &default,

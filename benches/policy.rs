@@ -40,15 +40,15 @@ fn bench(c: &mut Criterion) {
         key: Some("demo-enterprise".into()),
         ..anonymous.clone()
     };
-    c.bench_function("policy decide, anonymous", |b| {
+    c.bench_function("policy/decide/anonymous", |b| {
         b.iter(|| black_box(p.decide_blocking(black_box(&anonymous)).unwrap()))
     });
-    c.bench_function("policy decide, keyed", |b| {
+    c.bench_function("policy/decide/keyed", |b| {
         b.iter(|| black_box(p.decide_blocking(black_box(&keyed)).unwrap()))
     });
     // Most iterations are refusals once the 2,000/s bucket is drained; a refusal walks the
     // same path as an admission (one GCRA compare-and-swap).
-    c.bench_function("policy check (decide + GCRA)", |b| {
+    c.bench_function("policy/check/keyed-with-bucket", |b| {
         b.iter(|| black_box(p.check_blocking(black_box(&keyed))))
     });
 }

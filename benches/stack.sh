@@ -16,16 +16,14 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
 export PIXGATE_LOG_LEVEL=warn PIXGATE_POLICY_FILE=""
-port=$(free_port)
-nginx/run-stack.sh --port "$port" --processes 2 --bin target/release/pixgate >"$work/stack.out" 2>"$work/stack.err" &
+nginx/run-stack.sh --port 0 --processes 2 --bin target/release/pixgate >"$work/stack.out" 2>"$work/stack.err" &
 stack_pid=$!
 until grep -q "^stack ready" "$work/stack.out" 2>/dev/null; do
   kill -0 "$stack_pid" || { cat "$work/stack.err"; exit 1; }
   sleep 0.1
 done
+port=$(sed -n 's|^stack ready on http://127.0.0.1:||p' "$work/stack.out")
 PIXGATE_METRICS_LISTEN=127.0.0.1:0 target/release/pixgate serve --listen 127.0.0.1:0 >"$work/px.out" 2>"$work/px.err" &
 px_pid=$!
 until grep -q "listening on" "$work/px.out" 2>/dev/null; do sleep 0.05; done

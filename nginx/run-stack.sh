@@ -5,7 +5,9 @@
 #   nginx/run-stack.sh [--port PORT] [--processes K] [--tls-port PORT] [--workdir DIR]
 #                      [--bin PATH]
 #
-# Prints `stack ready on http://127.0.0.1:PORT` once nginx answers through pixgate. PIXGATE_*
+# Prints `stack ready on http://127.0.0.1:PORT` once nginx answers through pixgate. Port 0
+# (for --port or --tls-port) picks a free one, tried again if another process takes it
+# first; stack.env says which. PIXGATE_*
 # variables reach every pixgate process (PIXGATE_TRUSTED_PROXIES defaults to loopback, where
 # nginx connects from). --bin picks the pixgate binary (default: cargo build --release).
 # Ctrl-C or SIGTERM stops everything it started. The work directory (logs/, cache/, conf/,
@@ -66,48 +68,94 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
+# A port probed free may be taken before our server binds it: servers that fail to bind are
+# started again on another, so a collision costs a retry, never a wrong server.
+attempts=5
+
 export PIXGATE_TRUSTED_PROXIES="${PIXGATE_TRUSTED_PROXIES:-127.0.0.0/8,::1}"
 addrs=()
 metrics=()
 : >"$work/conf/pixgate/upstream.conf"
 for i in $(seq 1 "$processes"); do
-  m="127.0.0.1:$(free_port)"
-  PIXGATE_METRICS_LISTEN="$m" "$bin" serve --listen 127.0.0.1:0 \
-    >"$work/logs/pixgate-$i.out" 2>"$work/logs/pixgate-$i.log" &
-  pids+=($!)
-  until grep -q '^listening on ' "$work/logs/pixgate-$i.out" 2>/dev/null; do
-    if ! kill -0 "${pids[-1]}" 2>/dev/null; then
+  for attempt in $(seq 1 "$attempts"); do
+    m="127.0.0.1:$(free_port)"
+    PIXGATE_METRICS_LISTEN="$m" "$bin" serve --listen 127.0.0.1:0 \
+      >"$work/logs/pixgate-$i.out" 2>"$work/logs/pixgate-$i.log" &
+    pid=$!
+    started=1
+    until grep -q '^listening on ' "$work/logs/pixgate-$i.out" 2>/dev/null; do
+      if ! kill -0 "$pid" 2>/dev/null; then
+        started=""
+        break
+      fi
+      sleep 0.05
+    done
+    [ -n "$started" ] && break
+    if [ "$attempt" = "$attempts" ] || ! grep -q 'cannot listen for metrics' "$work/logs/pixgate-$i.log"; then
       echo "run-stack: pixgate $i did not start:" >&2
       cat "$work/logs/pixgate-$i.log" >&2
       exit 1
     fi
-    sleep 0.05
   done
+  pids+=("$pid")
   a=$(sed -n 's/^listening on //p' "$work/logs/pixgate-$i.out")
   addrs+=("$a")
   metrics+=("$m")
   echo "server $a max_fails=2 fail_timeout=5s;" >>"$work/conf/pixgate/upstream.conf"
 done
 
-echo "listen 127.0.0.1:$port;" >"$work/conf/pixgate/listen.conf"
 if [ -n "$tls_port" ]; then
   openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=localhost" \
     -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
     -keyout "$work/tls/key.pem" -out "$work/tls/cert.pem" 2>/dev/null
-  sed -e "s|^listen 443 ssl http2;|listen 127.0.0.1:$tls_port ssl http2;|" \
-      -e '/^listen \[::\]:443/d' \
-      -e "s|/etc/ssl/pixgate/fullchain.pem|$work/tls/cert.pem|" \
-      -e "s|/etc/ssl/pixgate/privkey.pem|$work/tls/key.pem|" \
-      "$root/nginx/pixgate/tls.conf" >"$work/conf/pixgate/tls.conf"
-else
-  : >"$work/conf/pixgate/tls.conf"
 fi
+# listen.conf and tls.conf for the ports chosen.
+render_ports() {
+  echo "listen 127.0.0.1:$port;" >"$work/conf/pixgate/listen.conf"
+  if [ -n "$tls_port" ]; then
+    sed -e "s|^listen 443 ssl http2;|listen 127.0.0.1:$tls_port ssl http2;|" \
+        -e '/^listen \[::\]:443/d' \
+        -e "s|/etc/ssl/pixgate/fullchain.pem|$work/tls/cert.pem|" \
+        -e "s|/etc/ssl/pixgate/privkey.pem|$work/tls/key.pem|" \
+        "$root/nginx/pixgate/tls.conf" >"$work/conf/pixgate/tls.conf"
+  else
+    : >"$work/conf/pixgate/tls.conf"
+  fi
+}
+auto_port=""; [ "$port" = 0 ] && auto_port=1
+auto_tls=""; [ "$tls_port" = 0 ] && auto_tls=1
 # Workers write the cache and temp files; as root they run as www-data (nginx.conf `user`).
 if [ "$(id -u)" = 0 ]; then
   chown -R www-data "$work/cache" "$work/temp" 2>/dev/null || true
 else
   sed -i 's/^user www-data;/# user: not root, workers run as the invoking user/' "$work/conf/nginx.conf"
 fi
+
+for attempt in $(seq 1 "$attempts"); do
+  [ -n "$auto_port" ] && port=$(free_port)
+  [ -n "$auto_tls" ] && tls_port=$(free_port)
+  render_ports
+  "$NGINX_BIN" -t -q -p "$work/" -c "$work/conf/nginx.conf"
+  : >"$work/logs/error.log"
+  "$NGINX_BIN" -p "$work/" -c "$work/conf/nginx.conf" -g 'daemon off;' &
+  nginx_pid=$!
+  up=""
+  # Our nginx, not whatever else answers on the port: it must be alive and say so.
+  until kill -0 "$nginx_pid" 2>/dev/null && curl -sf -D - -o /dev/null "http://127.0.0.1:$port/health" 2>/dev/null | grep -qi '^server: nginx'; do
+    if ! kill -0 "$nginx_pid" 2>/dev/null; then
+      break
+    fi
+    sleep 0.05
+  done
+  kill -0 "$nginx_pid" 2>/dev/null && up=1
+  [ -n "$up" ] && break
+  nginx_pid=""
+  if [ "$attempt" = "$attempts" ] || ! { [ -n "$auto_port$auto_tls" ] && grep -q 'Address already in use' "$work/logs/error.log"; }; then
+    echo "run-stack: nginx did not start:" >&2
+    cat "$work/logs/error.log" >&2 || true
+    exit 1
+  fi
+done
 
 cat >"$work/stack.env" <<ENV
 NGINX_PORT=$port
@@ -117,18 +165,6 @@ PIXGATE_METRICS="${metrics[*]}"
 PIXGATE_PIDS="${pids[*]}"
 WORKDIR=$work
 ENV
-
-"$NGINX_BIN" -t -q -p "$work/" -c "$work/conf/nginx.conf"
-"$NGINX_BIN" -p "$work/" -c "$work/conf/nginx.conf" -g 'daemon off;' &
-nginx_pid=$!
-until curl -sf -o /dev/null "http://127.0.0.1:$port/health"; do
-  if ! kill -0 "$nginx_pid" 2>/dev/null; then
-    echo "run-stack: nginx did not start:" >&2
-    cat "$work/logs/error.log" >&2 || true
-    exit 1
-  fi
-  sleep 0.05
-done
 echo "pixgate processes: ${addrs[*]} (metrics: ${metrics[*]}); logs and config in $work" >&2
 echo "stack ready on http://127.0.0.1:$port"
 wait "$nginx_pid"

@@ -55,12 +55,7 @@ pub fn url(data: &[u8]) {
         }
         let _ = url::parse_upload(path, &ctx);
     }
-    let pctx = ParseContext {
-        presets: &presets,
-        allow_security_options: true,
-        now_unix: 1_700_000_000,
-        defaults: &defaults,
-    };
+    let pctx = ParseContext::operator(&presets, &defaults, 1_700_000_000);
     if let Ok(o) = crate::request::options::parse(path, &pctx) {
         roundtrip(&o, &presets);
     }
@@ -70,12 +65,7 @@ pub fn url(data: &[u8]) {
 fn roundtrip(o: &Options, presets: &Presets) {
     let canonical = o.canonical();
     let defaults = Options::default();
-    let ctx = ParseContext {
-        presets,
-        allow_security_options: true,
-        now_unix: 1_700_000_000,
-        defaults: &defaults,
-    };
+    let ctx = ParseContext::operator(presets, &defaults, 1_700_000_000);
     match crate::request::options::parse(&canonical, &ctx) {
         Ok(again) => assert_eq!(
             again.canonical(),
@@ -105,10 +95,8 @@ pub fn transform(data: &[u8]) {
     let defaults = Options::default();
     let presets = presets();
     let ctx = ParseContext {
-        presets: &presets,
         allow_security_options: false,
-        now_unix: 1_700_000_000,
-        defaults: &defaults,
+        ..ParseContext::operator(&presets, &defaults, 1_700_000_000)
     };
     let Ok(opts) = crate::request::options::parse(&options, &ctx) else {
         return;

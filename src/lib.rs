@@ -1,23 +1,28 @@
 //! pixgate: an imgproxy-compatible image transform proxy.
 //!
 //! ```text
-//! server::run        listener → connections (HTTP/1.1 + HTTP/2), cap, graceful shutdown;
+//! server::run        the one startup path (binary and tests): Listeners bound →
+//!                    state::State::start (policy loaded, watermark fetched) → connections
+//!                    (HTTP/1.1 + HTTP/2), caps, idle timeouts, graceful shutdown;
 //!                    policy::Policy::watch reloads the Lua policy on edits and SIGHUP
-//! handler::handle    one request, top to bottom:
-//!   request::url       raw path → ParsedRequest (signature checked, then options)  404/403
-//!   negotiate          options + Accept → format decision (never the raw header)
-//!   policy::Policy     client (client::client_ip, api_key) + parsed URL → Lua decide(req)
-//!                      in a pooled sandboxed VM → governor bucket       401/402/403/429/503
+//! handler::handle    one request: id, deadline, router::route → one function per route,
+//!                    then finish (headers, log line, metrics)
+//!   handler::admit     every image route's prologue:
+//!     request::url       raw path → ParsedRequest (signature checked, then options) 404/403
+//!     negotiate          options + Accept → format decision (never the raw header)
+//!     policy::Policy     client::Caller + parsed URL → Lua decide(req) on a policy
+//!                        thread → governor bucket                    401/402/403/429/503
 //!   cache::Store       result key → cached answer (hit, 304) or one coalesced fill:
-//!   origin::fetch      Source → SourceBytes via the source cache (guarded, bounded)
-//!                                                                     404/4xx/502/504/422
-//!   pixels::prepare    bytes + Options → Job: probe header, limits, format, plan      422
-//!     pixels::probe      magic bytes → SourceInfo (format, size, orientation, frames)
+//!   state::source      Source → SourceBytes via the source cache and origin::fetch
+//!                      (guarded, bounded)                      404/4xx/502/504/422
+//!   pixels::prepare    bytes + Options → Job: probe header, limits, format, plan     422
+//!     pixels::probe      magic bytes → SourceInfo (dispatch to codec probes)
 //!     plan::build        Options + header facts → Plan (pure geometry, result limits)
-//!   cpu::CpuGate::run  Job::run on a blocking thread: decode (DCT-scaled JPEG) → ops →
-//!                      encode (mozjpeg, libwebp, png, ...)                  503/500/422
-//!   response::image    Encoded → Response (headers of API.md §4)
-//! error::Error       the one place failures become statuses, codes and messages
+//!   cpu::CpuGate::run  Job::run on a blocking thread within the memory budget: decode
+//!                      (DCT-scaled JPEG) → ops → encode (mozjpeg, libwebp, ...)  503/500/422
+//!   response::image    CachedResult → Response (headers of API.md §4)
+//! error::Error       every failure's status, code, message, headers, log level and metric
+//! config             raw (fields, defaults) → validate (pure) → resolve (files) → Config
 //! ```
 
 pub mod cache;
@@ -65,12 +70,7 @@ pub fn transform_as(
 ) -> Result<Encoded, Error> {
     let defaults = Options::default();
     let presets = request::options::Presets::default();
-    let ctx = request::options::ParseContext {
-        presets: &presets,
-        allow_security_options: true,
-        now_unix: now_unix(),
-        defaults: &defaults,
-    };
+    let ctx = request::options::ParseContext::operator(&presets, &defaults, now_unix());
     let mut opts = request::options::parse(options, &ctx)?;
     match (opts.format, wanted) {
         (Some(f), Some(w)) if f != w => {

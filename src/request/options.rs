@@ -425,12 +425,8 @@ impl Presets {
             }
             presets.map.insert(name.clone(), opts);
         }
-        let ctx = ParseContext {
-            presets: &presets,
-            allow_security_options: true,
-            now_unix: 0,
-            defaults: &Options::default(),
-        };
+        let defaults = Options::default();
+        let ctx = ParseContext::operator(&presets, &defaults, 0);
         for name in defs.keys() {
             let mut o = Options::default();
             let mut stack = Vec::new();
@@ -455,6 +451,7 @@ impl Presets {
 }
 
 /// What parsing needs besides the option text.
+#[derive(Clone, Copy)]
 pub struct ParseContext<'a> {
     pub presets: &'a Presets,
     pub allow_security_options: bool,
@@ -462,6 +459,18 @@ pub struct ParseContext<'a> {
     pub now_unix: i64,
     /// The server's defaults (config-dependent `auto_rotate`, `strip_metadata`, ...).
     pub defaults: &'a Options,
+}
+
+impl<'a> ParseContext<'a> {
+    /// Options an operator wrote (presets, `pixgate transform`): security options allowed.
+    pub fn operator(presets: &'a Presets, defaults: &'a Options, now_unix: i64) -> Self {
+        ParseContext {
+            presets,
+            allow_security_options: true,
+            now_unix,
+            defaults,
+        }
+    }
 }
 
 /// Parses option segments (already split on `/`). The `default` preset applies first.
@@ -522,10 +531,8 @@ fn apply_preset(
     stack.push(name.to_string());
     // Presets are operator-written: security options inside them are allowed.
     let inner = ParseContext {
-        presets: ctx.presets,
         allow_security_options: true,
-        now_unix: ctx.now_unix,
-        defaults: ctx.defaults,
+        ..*ctx
     };
     for raw in opts {
         apply(o, &raw.name, &raw.args, &inner, stack)?;

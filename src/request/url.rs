@@ -90,6 +90,18 @@ pub struct UrlContext<'a> {
     pub now_unix: i64,
 }
 
+impl UrlContext<'_> {
+    /// What the option grammar needs of this context.
+    pub fn parse_context(&self) -> ParseContext<'_> {
+        ParseContext {
+            presets: self.presets,
+            allow_security_options: self.allow_security_options,
+            now_unix: self.now_unix,
+            defaults: self.defaults,
+        }
+    }
+}
+
 /// `%3A` → `:` before `/plain/`, and the first `scheme:/x` after it → `scheme://x`
 /// (`local:/x` → `local:///x`): repairs of what CDNs and proxies do to URLs.
 pub fn fix_path(path: &str) -> String {
@@ -148,12 +160,7 @@ fn verified(target: &str, ctx: &UrlContext<'_>) -> Result<(Signer, String), UrlE
 pub fn parse(target: &str, ctx: &UrlContext<'_>) -> Result<ParsedRequest, UrlError> {
     let (signer, signed_path) = verified(target, ctx)?;
     let segments: Vec<&str> = signed_path[1..].split('/').collect();
-    let pctx = ParseContext {
-        presets: ctx.presets,
-        allow_security_options: ctx.allow_security_options,
-        now_unix: ctx.now_unix,
-        defaults: ctx.defaults,
-    };
+    let pctx = ctx.parse_context();
     let (mut opts, source_segments) = if ctx.only_presets {
         let (first, rest) = segments
             .split_first()
@@ -201,12 +208,7 @@ pub fn parse_upload(target: &str, ctx: &UrlContext<'_>) -> Result<ParsedRequest,
             "upload URLs carry options only (`{s}` is not one); the image is the body"
         )));
     }
-    let pctx = ParseContext {
-        presets: ctx.presets,
-        allow_security_options: ctx.allow_security_options,
-        now_unix: ctx.now_unix,
-        defaults: ctx.defaults,
-    };
+    let pctx = ctx.parse_context();
     let decoded: Vec<String> = segments
         .iter()
         .map(|s| percent_decode_str(s).decode_utf8_lossy().into_owned())

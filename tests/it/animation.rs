@@ -8,7 +8,7 @@ use std::time::Duration;
 use image::{AnimationDecoder, RgbaImage};
 use pixgate::EngineConfig;
 
-use crate::harness::{Pixgate, get, test_config};
+use crate::support::{Pixgate, get, test_config};
 use crate::support::{TempDir, diff, fixture, path_str, read, run_pixgate};
 
 /// Frames as a browser shows them, with their delays in ms: GIF by the `image` crate.

@@ -5,18 +5,13 @@
 use pixgate::EngineConfig;
 use pixgate::pixels::quality::dssim;
 
+use crate::support::engine::encode;
 use crate::support::{decode, read};
 
 const PHOTOS: [&str; 2] = [
     "photos/lomiri16_friends_by_Aitzol_Berasategi.jpg",
     "photos/lomiri16_Wine_by_Jakkub_Mede.jpg",
 ];
-
-fn encode(src: &[u8], opts: &str, cfg: &EngineConfig) -> Vec<u8> {
-    pixgate::transform(src, opts, cfg)
-        .unwrap_or_else(|e| panic!("{opts}: {e}"))
-        .bytes
-}
 
 #[test]
 fn dssim_results_meet_the_target() {

@@ -5,9 +5,9 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::harness::{Pixgate, get, test_config};
-use crate::origin::Origin;
+use crate::support::Origin;
 use crate::support::decode;
+use crate::support::{Pixgate, get, test_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_concurrent_identical_requests_do_the_work_once() {
@@ -191,7 +191,7 @@ fn etags_agree_between_separately_started_processes() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut etags = Vec::new();
     for _ in 0..2 {
-        let (mut child, addr) = crate::harness::spawn_binary_server();
+        let (mut child, addr) = crate::support::spawn_binary_server();
         let r = rt.block_on(get(
             &format!("http://{addr}/insecure/rs:fit:100:0/plain/local:///friends.jpg"),
             &[],

@@ -7,29 +7,17 @@ use std::sync::Arc;
 use image::{Rgb, RgbImage, Rgba, RgbaImage};
 use pixgate::EngineConfig;
 
-use crate::harness::{Pixgate, test_config};
-use crate::origin::Origin;
-use crate::support::{TempDir, decode, path_str, run_pixgate};
-
-fn png<P: image::PixelWithColorType, C: std::ops::Deref<Target = [P::Subpixel]>>(
-    img: &image::ImageBuffer<P, C>,
-) -> Vec<u8>
-where
-    [P::Subpixel]: image::EncodableLayout,
-{
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
-}
+use crate::support::Origin;
+use crate::support::engine::{render, render_with};
+use crate::support::{Pixgate, test_config};
+use crate::support::{TempDir, decode, path_str, png, run_pixgate};
 
 fn run_with(src: &[u8], opts: &str, cfg: &EngineConfig) -> RgbaImage {
-    let out = pixgate::transform(src, &format!("{opts}/f:png"), cfg)
-        .unwrap_or_else(|e| panic!("{opts}: {e}"));
-    decode(&out.bytes).to_rgba8()
+    render_with(src, opts, cfg).to_rgba8()
 }
 
 fn run(src: &[u8], opts: &str) -> RgbaImage {
-    run_with(src, opts, &EngineConfig::default())
+    render(src, opts).to_rgba8()
 }
 
 /// 400x300 white with a red 150x150 square at (100, 50).

@@ -5,18 +5,11 @@
 use image::{Rgb, RgbImage};
 use pixgate::EngineConfig;
 
-use crate::support::decode;
-
-fn png(img: &RgbImage) -> Vec<u8> {
-    let mut out = std::io::Cursor::new(Vec::new());
-    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-    out.into_inner()
-}
+use crate::support::engine::render;
+use crate::support::png;
 
 fn run(src: &[u8], opts: &str) -> RgbImage {
-    let out = pixgate::transform(src, &format!("{opts}/f:png"), &EngineConfig::default())
-        .unwrap_or_else(|e| panic!("{opts}: {e}"));
-    decode(&out.bytes).to_rgb8()
+    render(src, opts).to_rgb8()
 }
 
 fn solid(c: [u8; 3]) -> Vec<u8> {

@@ -10,8 +10,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::harness::{get, spawn_binary};
 use crate::support::{TempDir, fixture, path_str, read, run_pixgate};
+use crate::support::{get, spawn_binary};
 
 const GUARD: Duration = Duration::from_secs(60);
 

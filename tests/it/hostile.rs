@@ -530,7 +530,7 @@ async fn info_on_metadata_bombs_stays_small() {
     iccp.extend_from_slice(&zlib_bomb_512mib());
     std::fs::write(dir.path("bomb.png"), png_with(&[(b"iCCP", iccp)])).unwrap();
     let root = path_str(&dir.0).to_string();
-    let (mut child, addr) = crate::harness::spawn_binary(
+    let (mut child, addr) = crate::support::spawn_binary(
         &[("PIXGATE_LOG_LEVEL", "warn"), ("PIXGATE_LOCAL_ROOT", &root)],
         false,
     );
@@ -541,7 +541,7 @@ async fn info_on_metadata_bombs_stays_small() {
     ] {
         let all = (0..4).map(|i| {
             let url = format!("http://{addr}{path}?n={i}");
-            tokio::spawn(async move { crate::harness::get(&url, &[]).await.status })
+            tokio::spawn(async move { crate::support::get(&url, &[]).await.status })
         });
         for s in futures_util::future::join_all(all).await {
             assert_eq!(s.unwrap(), 200, "{path}");

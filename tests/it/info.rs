@@ -3,7 +3,7 @@
 
 use exif::{Field, In, Tag, Value};
 
-use crate::harness::{Pixgate, test_config};
+use crate::support::{Pixgate, test_config};
 use crate::support::{TempDir, fixture, path_str, read};
 
 /// A JPEG carrying an EXIF block with camera, capture time, copyright and orientation 6.

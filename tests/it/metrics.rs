@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use crate::harness::{Pixgate, get, test_config};
-use crate::origin::Origin;
+use crate::support::Origin;
 use crate::support::TempDir;
+use crate::support::{Pixgate, get, test_config};
 
 /// `series{labels}` → value, for every sample line.
 fn samples(text: &str) -> BTreeMap<String, f64> {
@@ -331,7 +331,7 @@ fn request_ids_tie_log_lines_together() {
         "function decide(req)\n  if req.key == 'err' then error('broken plan') end\n  return { allow = true }\nend\n",
     )
     .unwrap();
-    let (mut child, addr) = crate::harness::spawn_binary(
+    let (mut child, addr) = crate::support::spawn_binary(
         &[
             ("PIXGATE_LOG_LEVEL", "info"),
             ("PIXGATE_LOG_FORMAT", "json"),

@@ -6,8 +6,8 @@
 
 use std::process::Command;
 
-use crate::harness::{get, spawn_binary};
-use crate::origin::Origin;
+use crate::support::Origin;
+use crate::support::{get, spawn_binary};
 
 /// Runs `body` on a thread of its own inside a new network namespace whose loopback
 /// interface is up and also holds `addrs`. Children spawned from that thread (pixgate) live

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Pixgate, get, spawn_binary, test_config};
 use crate::support::TempDir;
+use crate::support::{Pixgate, get, spawn_binary, test_config};
 
 const IMG: &str = "/insecure/rs:fit:32:32/plain/local:///sunset.png";
 
@@ -30,11 +30,11 @@ fn policy_of(p: &Pixgate) -> &pixgate::policy::Policy {
     p.state.policy.as_deref().expect("a policy is loaded")
 }
 
-async fn key(p: &Pixgate, k: &str) -> crate::harness::Reply {
+async fn key(p: &Pixgate, k: &str) -> crate::support::Reply {
     get(&p.url(IMG), &[("x-api-key", k)]).await
 }
 
-fn message(r: &crate::harness::Reply) -> String {
+fn message(r: &crate::support::Reply) -> String {
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     v["error"]["message"]
         .as_str()

@@ -7,9 +7,9 @@ use std::time::Duration;
 use base64::Engine as _;
 use pixgate::config::RawKey;
 
-use crate::harness::{Pixgate, get, request, test_config};
 use crate::manifest::{Expect, expectation};
-use crate::origin::Origin;
+use crate::support::Origin;
+use crate::support::{Pixgate, get, request, test_config};
 use crate::support::{TempDir, decode, manifest};
 
 fn b64(url: &str) -> String {
@@ -626,7 +626,7 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
 
 #[test]
 fn the_binary_serves_and_exits_cleanly_on_sigterm() {
-    let (mut child, addr) = crate::harness::spawn_binary_server();
+    let (mut child, addr) = crate::support::spawn_binary_server();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let r = rt.block_on(get(
         &format!("http://{addr}/insecure/rs:fit:64:0/plain/local:///seeding.jpg"),

@@ -3,12 +3,13 @@
 //! `/metrics` says which process did the work.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use crate::support::{TempDir, decode};
+use crate::support::http::blocking;
+use crate::support::{Reply, TempDir, decode};
 
 struct Stack {
     child: Child,
@@ -16,14 +17,6 @@ struct Stack {
     tls_port: u16,
     env: BTreeMap<String, String>,
     _dir: TempDir,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 const POLICY: &str = r#"
@@ -39,12 +32,12 @@ impl Stack {
     fn start(tag: &str) -> Stack {
         let dir = TempDir::new(tag);
         std::fs::write(dir.path("policy.lua"), POLICY).unwrap();
-        let (port, tls_port) = (free_port(), free_port());
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        // Port 0: run-stack.sh picks the ports (and picks again if one is taken before its
+        // servers bind) and says which.
         let mut child = Command::new("bash")
             .arg(root.join("nginx/run-stack.sh"))
-            .args(["--port", &port.to_string(), "--processes", "2"])
-            .args(["--tls-port", &tls_port.to_string()])
+            .args(["--port", "0", "--processes", "2", "--tls-port", "0"])
             .arg("--workdir")
             .arg(dir.path("work"))
             .args(["--bin", env!("CARGO_BIN_EXE_pixgate")])
@@ -58,17 +51,19 @@ impl Stack {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        assert_eq!(
-            line.trim(),
-            format!("stack ready on http://127.0.0.1:{port}"),
-            "run-stack.sh did not come up"
-        );
-        let env = std::fs::read_to_string(dir.path("work/stack.env"))
+        let port: u16 = line
+            .trim()
+            .strip_prefix("stack ready on http://127.0.0.1:")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("run-stack.sh did not come up: `{line}`"));
+        let env: BTreeMap<String, String> = std::fs::read_to_string(dir.path("work/stack.env"))
             .unwrap()
             .lines()
             .filter_map(|l| l.split_once('='))
             .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
             .collect();
+        assert_eq!(env["NGINX_PORT"], port.to_string());
+        let tls_port = env["TLS_PORT"].parse().expect("a TLS port");
         Stack {
             child,
             port,
@@ -94,7 +89,7 @@ impl Stack {
         self.list("PIXGATE_METRICS")
             .iter()
             .map(|m| {
-                let text = http(m.parse().unwrap(), None, "GET", "/metrics", &[]).body_text();
+                let text = http(m.parse().unwrap(), None, "GET", "/metrics", &[]).text();
                 text.lines()
                     .filter_map(|l| {
                         let rest = l.strip_prefix(
@@ -127,26 +122,8 @@ impl Drop for Stack {
     }
 }
 
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-    fn body_text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// One HTTP/1.1 request on a fresh connection, optionally from a chosen local address (to be
-/// a client other than 127.0.0.1).
+/// One request, optionally from a chosen local address (to be a client other than
+/// 127.0.0.1).
 fn http(
     to: SocketAddr,
     from: Option<std::net::IpAddr>,
@@ -157,7 +134,7 @@ fn http(
     http_with_body(to, from, method, path, headers, &[])
 }
 
-/// [`http`] with a request body (sent with its Content-Length).
+/// [`http`] with a request body.
 fn http_with_body(
     to: SocketAddr,
     from: Option<std::net::IpAddr>,
@@ -166,90 +143,13 @@ fn http_with_body(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Reply {
-    let mut stream = match from {
-        Some(ip) => connect_from(ip, to),
-        None => TcpStream::connect(to).unwrap(),
-    };
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
-        .unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if !body.is_empty() {
-        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
-    }
-    req.push_str("\r\n");
-    stream.write_all(req.as_bytes()).unwrap();
-    stream.write_all(body).unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("a response head");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let mut body = raw[split + 4..].to_vec();
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    if chunked {
-        body = dechunk(&body);
-    }
-    Reply {
-        status,
+    blocking(
+        from,
+        method,
+        &format!("http://{to}{path}"),
         headers,
-        body,
-    }
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let size = usize::from_str_radix(
-            String::from_utf8_lossy(&b[..eol])
-                .split(';')
-                .next()
-                .unwrap()
-                .trim(),
-            16,
-        )
-        .unwrap_or(0);
-        if size == 0 {
-            return out;
-        }
-        out.extend_from_slice(&b[eol + 2..eol + 2 + size]);
-        b = &b[eol + 2 + size + 2..];
-    }
-}
-
-/// A TCP connection from `ip` (bound before connecting).
-fn connect_from(ip: std::net::IpAddr, to: SocketAddr) -> TcpStream {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let stream = rt.block_on(async {
-        let s = tokio::net::TcpSocket::new_v4().unwrap();
-        s.bind(SocketAddr::new(ip, 0)).unwrap();
-        s.connect(to).await.unwrap().into_std().unwrap()
-    });
-    stream.set_nonblocking(false).unwrap();
-    stream
+        body.to_vec(),
+    )
 }
 
 fn sum(counts: &[BTreeMap<String, f64>], class: &str) -> f64 {
@@ -410,7 +310,7 @@ fn uploads_through_nginx_find_their_result_on_the_right_process() {
         &[],
         &photo,
     );
-    assert_eq!(image.status, 200, "{}", image.body_text());
+    assert_eq!(image.status, 200, "{}", image.text());
     assert_eq!(image.header("content-type"), Some("image/png"));
     // Uploads with JSON answers, under different request ids (so, spread over both
     // processes): every result URL is served, whichever process kept it.
@@ -425,7 +325,7 @@ fn uploads_through_nginx_find_their_result_on_the_right_process() {
             &[("Accept", "application/json"), ("X-Request-ID", &rid)],
             &photo,
         );
-        assert_eq!(r.status, 200, "{}", r.body_text());
+        assert_eq!(r.status, 200, "{}", r.text());
         let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         let url = v["url"].as_str().unwrap().to_string();
         // Routed by nginx's own request id, not the client's.
@@ -469,9 +369,9 @@ fn a_spoofed_forwarded_for_never_reaches_the_policy() {
     // The client connects from 127.0.0.2: that is what the policy must see.
     let r = http(nginx, Some([127, 0, 0, 2].into()), "GET", url, &spoof);
     assert_eq!(r.status, 403);
-    assert!(r.body_text().contains("ip=127.0.0.2"), "{}", r.body_text());
+    assert!(r.text().contains("ip=127.0.0.2"), "{}", r.text());
     let r = http(nginx, None, "GET", url, &spoof);
-    assert!(r.body_text().contains("ip=127.0.0.1"), "{}", r.body_text());
+    assert!(r.text().contains("ip=127.0.0.1"), "{}", r.text());
 }
 
 #[test]
@@ -484,7 +384,7 @@ fn killing_one_process_leaves_the_stack_serving() {
     unsafe { libc::kill(victim, libc::SIGKILL) };
     // Gone when its port refuses connections.
     let addr: SocketAddr = addrs[0].parse().unwrap();
-    while TcpStream::connect(addr).is_ok() {
+    while std::net::TcpStream::connect(addr).is_ok() {
         std::thread::yield_now();
     }
     for i in 0..20 {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use base64::Engine;
 use pixgate::EngineConfig;
 
-use crate::harness::{Pixgate, get, test_config};
+use crate::support::{Pixgate, get, test_config};
 use crate::support::{TempDir, decode, fixture, path_str, read, run_pixgate};
 
 const CIRCLE: &str = r##"<svg xmlns="http://www.w3.org/2000/svg" width="40" height="40" viewBox="0 0 40 40"><circle cx="20" cy="20" r="16" fill="#1e90ff"/></svg>"##;

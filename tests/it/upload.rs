@@ -5,7 +5,7 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use crate::harness::{Pixgate, post, test_config};
+use crate::support::{Pixgate, post, test_config};
 use crate::support::{TempDir, decode, read};
 
 const PHOTO: &str = "photos/lomiri16_friends_by_Aitzol_Berasategi.jpg";
