@@ -254,7 +254,7 @@ impl Default for RawConfig {
             watermark_url: String::new(),
             watermark_opacity: e.watermark_opacity,
             upload_buffer_size: 256 * 1024 * 1024,
-            autoquality_method: e.autoquality.method.clone(),
+            autoquality_method: e.autoquality.method.name().into(),
             autoquality_target: e.autoquality.target,
             autoquality_min_quality: e.autoquality.min_quality,
             autoquality_max_quality: e.autoquality.max_quality,

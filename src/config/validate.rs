@@ -12,7 +12,7 @@ use super::{Config, LogFormat, Network, WatermarkSource};
 use crate::format::Format;
 use crate::pixels::{AutoQualityDefaults, EncoderConfig, EngineConfig, JpegMode, WebpMode};
 use crate::policy::{OnError, VmLimits};
-use crate::request::options::{Options, Presets};
+use crate::request::options::{AutoQualityMethod, Options, Presets};
 use crate::request::signature::KeyPair;
 
 /// Problems found so far, in the order of the fields.
@@ -337,12 +337,17 @@ fn engine(p: &mut Problems, raw: &RawConfig) -> EngineConfig {
     if !(0.0..=1.0).contains(&raw.watermark_opacity) {
         p.push("watermark_opacity must be within 0..=1".into());
     }
-    if !matches!(raw.autoquality_method.as_str(), "none" | "dssim" | "size") {
-        p.push(format!(
-            "autoquality_method: `{}` is not none, dssim or size",
-            raw.autoquality_method
-        ));
-    }
+    // `ml` is a URL's to ask for (and be refused); as a default it would fail every request.
+    let autoquality_method = match AutoQualityMethod::parse(&raw.autoquality_method) {
+        Some(m) if m != AutoQualityMethod::Ml => m,
+        _ => {
+            p.push(format!(
+                "autoquality_method: `{}` is not none, dssim or size",
+                raw.autoquality_method
+            ));
+            AutoQualityMethod::None
+        }
+    };
     if !non_negative(raw.autoquality_target) {
         p.push("autoquality_target must be >= 0".into());
     }
@@ -392,7 +397,7 @@ fn engine(p: &mut Problems, raw: &RawConfig) -> EngineConfig {
         watermark: None,
         watermark_opacity: raw.watermark_opacity,
         autoquality: AutoQualityDefaults {
-            method: raw.autoquality_method.clone(),
+            method: autoquality_method,
             target: raw.autoquality_target,
             min_quality: raw.autoquality_min_quality,
             max_quality: raw.autoquality_max_quality,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::types::{EncoderConfig, JpegMode};
 use crate::format::Format;
-use crate::request::options::Options;
+use crate::request::options::{AutoQualityMethod, Options};
 
 /// Encodes one `max_bytes` result may cost, the first included.
 pub const MAX_BYTES_ENCODES: u32 = 8;
@@ -53,7 +53,7 @@ pub struct EngineConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AutoQualityDefaults {
     /// `none`, `dssim` or `size`.
-    pub method: String,
+    pub method: AutoQualityMethod,
     /// DSSIM the result may not exceed (`dssim`).
     pub target: f64,
     pub min_quality: u8,
@@ -65,7 +65,7 @@ pub struct AutoQualityDefaults {
 impl Default for AutoQualityDefaults {
     fn default() -> Self {
         AutoQualityDefaults {
-            method: "none".into(),
+            method: AutoQualityMethod::None,
             target: DEFAULT_AUTOQUALITY_TARGET,
             min_quality: 40,
             max_quality: 90,

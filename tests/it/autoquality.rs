@@ -102,7 +102,7 @@ fn server_default_applies_and_max_bytes_still_caps() {
     let src = read(PHOTOS[0]);
     let cfg = EngineConfig {
         autoquality: pixgate::pixels::AutoQualityDefaults {
-            method: "dssim".into(),
+            method: pixgate::request::options::AutoQualityMethod::Dssim,
             target: 0.01,
             ..Default::default()
         },

@@ -12,7 +12,7 @@ use super::types::{EncoderConfig, PixelError, SourceInfo, WebpMode};
 use super::{anim, decode, encode, ops, probe};
 use crate::format::Format;
 use crate::plan::{self, Plan, ResultLimits, SourceGeometry};
-use crate::request::options::Options;
+use crate::request::options::{AutoQualityMethod, Options};
 
 /// AVIF results smaller than this on a side are written as PNG (alpha) or JPEG.
 pub const MIN_AVIF_SIDE: u32 = 16;
@@ -308,30 +308,30 @@ fn resolve_autoquality(o: &Options, format: Format, cfg: &EngineConfig) -> Optio
     }
     let (method, target, min, max, err) = match &o.autoquality {
         Some(a) => (
-            a.method.as_str(),
+            a.method,
             a.target,
             a.min_quality,
             a.max_quality,
             a.allowed_error,
         ),
-        None => (d.method.as_str(), None, None, None, None),
+        None => (d.method, None, None, None, None),
     };
     let min = min.unwrap_or(d.min_quality).max(1);
     let max = max.unwrap_or(d.max_quality).clamp(min, 100);
     match method {
-        "dssim" => Some(AutoQuality::Dssim {
+        AutoQualityMethod::Dssim => Some(AutoQuality::Dssim {
             target: target.unwrap_or(d.target),
             allowed_error: err.unwrap_or(d.allowed_error),
             min,
             max,
         }),
         // The parser insists on a target for `size`; a server default has none.
-        "size" => target.map(|t| AutoQuality::Size {
+        AutoQualityMethod::Size => target.map(|t| AutoQuality::Size {
             bytes: t as u64,
             min,
             max,
         }),
-        _ => None,
+        AutoQualityMethod::None | AutoQualityMethod::Ml => None,
     }
 }
 
