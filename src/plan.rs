@@ -21,8 +21,8 @@ pub struct SourceGeometry {
 /// Server-side limits that bound the result.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ResultLimits {
-    /// Largest side of the result; 0 = only the output format's own maximum.
-    pub max_result_dimension: u32,
+    /// Largest side of the result; `None`: only the output format's own maximum.
+    pub max_result_dimension: Option<u32>,
     /// Largest result in pixels (width × height).
     pub max_result_pixels: u64,
 }
@@ -30,7 +30,7 @@ pub struct ResultLimits {
 impl Default for ResultLimits {
     fn default() -> Self {
         ResultLimits {
-            max_result_dimension: 0,
+            max_result_dimension: None,
             max_result_pixels: 50_000_000,
         }
     }
@@ -523,13 +523,14 @@ pub fn build(
     let mut sizes = calc_sizes(wts, hts, wscale, hscale, dpr, o);
 
     let format_max = format.max_side();
+    // `mrd:0` in a URL lifts the server's limit, as in imgproxy.
     let max_dim = match o
         .security
         .max_result_dimension
-        .unwrap_or(limits.max_result_dimension)
+        .or(limits.max_result_dimension)
     {
-        0 => format_max,
-        m => m.min(format_max),
+        None | Some(0) => format_max,
+        Some(m) => m.min(format_max),
     };
     // imgproxy rescales once; with asymmetric zoom, fill-down or extend-aspect-ratio the
     // recomputed sizes can still overshoot (a 1-px step of a tiny side may move a canvas by

@@ -158,7 +158,7 @@ pub struct Config {
     /// Limits of each policy VM (also what `pixgate policy check|eval` run under).
     pub policy_limits: VmLimits,
     pub policy_max_buckets: usize,
-    /// Threads running `decide`; 0 = the number of cores.
+    /// Threads running `decide` (the core count when the file says 0).
     pub policy_threads: usize,
     /// Requests a second per key while `decide` fails; `None`: unlimited.
     pub policy_error_rate: Option<f64>,

@@ -159,8 +159,9 @@ pub struct RawConfig {
 
     /// Result cache capacity in bytes of encoded images.
     pub cache_size: u64,
-    /// Seconds a result stays cached, and seconds it stays without being requested.
+    /// Seconds a result stays cached.
     pub cache_ttl: f64,
+    /// Seconds a result stays cached without being requested.
     pub cache_tti: f64,
     /// Results larger than this fraction of `cache_size` are served but not cached.
     pub cache_max_entry_fraction: f64,
@@ -235,8 +236,8 @@ impl Default for RawConfig {
             user_agent: format!("pixgate/{}", env!("CARGO_PKG_VERSION")),
             max_src_resolution: e.max_src_resolution,
             max_animation_frames: e.max_animation_frames,
-            max_animation_frame_resolution: e.max_animation_frame_resolution,
-            max_result_dimension: e.max_result_dimension,
+            max_animation_frame_resolution: e.max_animation_frame_resolution.unwrap_or_default(),
+            max_result_dimension: e.max_result_dimension.unwrap_or_default(),
             max_result_resolution: e.max_result_resolution,
             quality: e.quality,
             format_quality: e

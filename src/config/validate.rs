@@ -134,7 +134,10 @@ pub fn validate(raw: RawConfig) -> Result<Config, Problems> {
         policy_on_error: on_error,
         policy_limits,
         policy_max_buckets: raw.policy_max_buckets,
-        policy_threads: raw.policy_threads,
+        policy_threads: match raw.policy_threads {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        },
         policy_error_rate: limit(raw.policy_error_rate),
         policy: None,
     })
@@ -372,10 +375,10 @@ fn engine(p: &mut Problems, raw: &RawConfig) -> EngineConfig {
     EngineConfig {
         max_src_resolution: raw.max_src_resolution,
         max_src_file_size: limit(raw.max_src_file_size),
-        max_result_dimension: raw.max_result_dimension,
+        max_result_dimension: limit(raw.max_result_dimension),
         max_result_resolution: raw.max_result_resolution,
         max_animation_frames: raw.max_animation_frames,
-        max_animation_frame_resolution: raw.max_animation_frame_resolution,
+        max_animation_frame_resolution: limit(raw.max_animation_frame_resolution),
         quality: raw.quality,
         format_quality,
         jpeg_shrink_margin: if jpeg_mode == JpegMode::Fast {

@@ -22,8 +22,8 @@ pub struct EngineConfig {
     pub max_src_resolution: f64,
     /// Largest source in bytes; `None`: no limit here (the fetcher enforces its own).
     pub max_src_file_size: Option<u64>,
-    /// Largest side of a result; 0 = only the output format's maximum.
-    pub max_result_dimension: u32,
+    /// Largest side of a result; `None`: only the output format's maximum.
+    pub max_result_dimension: Option<u32>,
     /// Largest result, in megapixels.
     pub max_result_resolution: f64,
     /// Default quality when neither `q` nor `fq` says.
@@ -35,10 +35,10 @@ pub struct EngineConfig {
     /// Animations with more frames are refused (422) when the result would be animated;
     /// 1 turns animation off (first frame only, as imgproxy's default).
     pub max_animation_frames: u32,
-    /// Largest animation frame (canvas), in megapixels; 0 = `max_src_resolution`. Frames
+    /// Largest animation frame (canvas), in megapixels; `None`: `max_src_resolution`. Frames
     /// are streamed, so this is what one frame costs in memory; time is bounded by the frame
     /// count and the request deadline, checked between frames.
-    pub max_animation_frame_resolution: f64,
+    pub max_animation_frame_resolution: Option<f64>,
     pub encoder: EncoderConfig,
     /// The image `wm` draws (decoded once at start); `None`: `wm` is ignored, as imgproxy
     /// does without a configured watermark.
@@ -102,7 +102,7 @@ impl Default for EngineConfig {
         EngineConfig {
             max_src_resolution: 50.0,
             max_src_file_size: None,
-            max_result_dimension: 0,
+            max_result_dimension: None,
             max_result_resolution: 50.0,
             quality: 80,
             format_quality: BTreeMap::from([
@@ -112,7 +112,7 @@ impl Default for EngineConfig {
             ]),
             jpeg_shrink_margin: 1.5,
             max_animation_frames: DEFAULT_MAX_ANIMATION_FRAMES,
-            max_animation_frame_resolution: 0.0,
+            max_animation_frame_resolution: None,
             encoder: EncoderConfig::default(),
             watermark: None,
             watermark_opacity: 1.0,

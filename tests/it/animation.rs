@@ -207,7 +207,7 @@ fn frame_limits_come_from_the_header() {
     assert_eq!(frames(&out.bytes).len(), 1);
     // The per-frame resolution cap.
     let capped = EngineConfig {
-        max_animation_frame_resolution: 0.01,
+        max_animation_frame_resolution: Some(0.01),
         ..EngineConfig::default()
     };
     let e = pixgate::transform(&moon, "rs:fit:50:50", &capped).unwrap_err();

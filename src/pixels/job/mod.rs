@@ -184,10 +184,12 @@ pub fn prepare(src: &[u8], o: &Options, cfg: &EngineConfig) -> Result<Job, Pixel
                 limit: max_frames,
             });
         }
+        // `mafr:0` in a URL means the source limit, as in imgproxy.
         let frame_mp = o
             .security
             .max_animation_frame_resolution
-            .unwrap_or(cfg.max_animation_frame_resolution);
+            .or(cfg.max_animation_frame_resolution)
+            .unwrap_or(0.0);
         let frame_limit = (frame_mp * 1_000_000.0) as u64;
         if frame_limit > 0 && info.pixels() > frame_limit {
             return Err(PixelError::SourceTooManyPixels {
