@@ -336,6 +336,18 @@ mod tests {
     use crate::request::signature::SignatureError;
 
     #[test]
+    fn every_kind_has_its_own_code_and_a_message() {
+        let mut codes = std::collections::HashSet::new();
+        for k in Kind::ALL {
+            assert!(codes.insert(k.code()), "{} is used twice", k.code());
+            assert!(!k.message().is_empty(), "{}", k.code());
+            if *k != Kind::InternalError {
+                assert_ne!(k.message(), "Internal error", "{}", k.code());
+            }
+        }
+    }
+
+    #[test]
     fn statuses_follow_the_api_table() {
         let cases: Vec<(Error, u16, &str)> = vec![
             (OptionsError::Expired.into(), 404, "expired-url"),

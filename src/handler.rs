@@ -60,16 +60,23 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr)
         Ok(r) => r,
         Err(_) => Err(Error::Timeout),
     };
-    finish(
-        &state,
-        &parts.method,
-        &target,
+    let served = Served {
+        method: &parts.method,
+        target: &target,
+        id: &request_id,
         route,
-        &request_id,
         start,
-        result,
-        &trace,
-    )
+    };
+    finish(&state, &served, result, &trace)
+}
+
+/// What the request's last line says about it besides its outcome.
+struct Served<'a> {
+    method: &'a Method,
+    target: &'a str,
+    id: &'a str,
+    route: Route<'a>,
+    start: Instant,
 }
 
 async fn serve(
@@ -411,14 +418,9 @@ fn header(parts: &Parts, name: impl hyper::header::AsHeaderName) -> Option<&str>
 }
 
 /// Stamps the headers every answer carries, writes the request's log line and counts it.
-#[allow(clippy::too_many_arguments)]
 fn finish(
     state: &State,
-    method: &Method,
-    target: &str,
-    route: Route<'_>,
-    request_id: &str,
-    start: Instant,
+    served: &Served<'_>,
     result: Result<Response<Body>, Error>,
     trace: &Trace,
 ) -> Response<Body> {
@@ -433,31 +435,22 @@ fn finish(
     let bytes = hyper::body::Body::size_hint(resp.body())
         .exact()
         .unwrap_or(0);
-    if *method == Method::HEAD {
+    if *served.method == Method::HEAD {
         // Headers (Content-Length included) as for GET, no body.
         let (parts, _) = resp.into_parts();
         resp = Response::from_parts(parts, Body::default());
     }
     let h = resp.headers_mut();
     h.insert(SERVER, HeaderValue::from_static("pixgate"));
-    if let Ok(v) = HeaderValue::from_str(request_id) {
+    if let Ok(v) = HeaderValue::from_str(served.id) {
         h.insert("x-request-id", v);
     }
     if let Some(o) = trace.cache {
         h.insert("x-cache", HeaderValue::from_static(o.header()));
     }
-    let elapsed = start.elapsed();
-    record(&state.metrics, route, status, elapsed, bytes, trace);
-    log_line(
-        method,
-        target,
-        request_id,
-        status,
-        bytes,
-        elapsed,
-        trace,
-        error.as_ref(),
-    );
+    let elapsed = served.start.elapsed();
+    record(&state.metrics, served.route, status, elapsed, bytes, trace);
+    log_line(served, status, bytes, elapsed, trace, error.as_ref());
     resp
 }
 
@@ -481,11 +474,8 @@ fn record(m: &Metrics, route: Route<'_>, status: u16, elapsed: Duration, bytes: 
 
 /// The request's one log line: status, size, time per stage, and the error's code and
 /// detail (at the error's level).
-#[allow(clippy::too_many_arguments)]
 fn log_line(
-    method: &Method,
-    target: &str,
-    id: &str,
+    served: &Served<'_>,
     status: u16,
     bytes: u64,
     elapsed: Duration,
@@ -498,7 +488,8 @@ fn log_line(
             |d| format!("{:.1}", d.as_secs_f64() * 1000.0),
         )
     };
-    let shown: String = target.chars().take(300).collect();
+    let (method, id) = (served.method, served.id);
+    let shown: String = served.target.chars().take(300).collect();
     let s = trace.stages;
     let (total_ms, policy_ms) = (ms(Some(elapsed)), ms(trace.policy));
     let (fetch_ms, queue_ms) = (ms(s.map(|s| s.fetch)), ms(s.map(|s| s.queue)));

@@ -176,9 +176,10 @@ impl State {
             .await;
         let src = src?;
         // A per-request `msfs` below the server's limit applies to cached sources too.
-        let limit = self.config.source_size_limit(&req.options);
-        if limit.is_some_and(|l| src.bytes.len() as u64 > l) {
-            return Err(OriginError::TooLarge(limit.unwrap_or_default()).into());
+        if let Some(limit) = self.config.source_size_limit(&req.options)
+            && src.bytes.len() as u64 > limit
+        {
+            return Err(OriginError::TooLarge(limit).into());
         }
         Ok(src)
     }

@@ -254,7 +254,7 @@ pub fn load(
 
 /// The written configuration checked and resolved; every problem at once.
 pub fn from_raw(raw: RawConfig) -> Result<Config, Vec<String>> {
-    let checked = validate::validate(raw.clone());
+    let checked = validate::validate(&raw);
     // The file system is looked at even when fields are wrong, so one run lists every
     // problem.
     let (mut config, mut problems) = match checked {

@@ -288,6 +288,17 @@ impl Default for RawConfig {
     }
 }
 
+impl RawConfig {
+    /// The directory behind `local:///` as written; empty means the bundled samples.
+    pub(super) fn local_root_path(&self) -> std::path::PathBuf {
+        if self.local_root.is_empty() {
+            super::bundled_samples()
+        } else {
+            std::path::PathBuf::from(&self.local_root)
+        }
+    }
+}
+
 /// Accepts a string, or a number/bool written where a string was meant (env values).
 fn string_like<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     #[derive(Deserialize)]

@@ -50,13 +50,8 @@ pub fn resolve(c: &mut Config) -> Vec<String> {
 /// The path problems of a configuration whose fields did not validate, so one run reports
 /// both kinds.
 pub fn check_paths(raw: &RawConfig) -> Vec<String> {
-    let root = if raw.local_root.is_empty() {
-        super::bundled_samples()
-    } else {
-        PathBuf::from(&raw.local_root)
-    };
     [
-        local_root(&root).err(),
+        local_root(&raw.local_root_path()).err(),
         policy_file(raw.policy_file.as_deref()).err(),
     ]
     .into_iter()

@@ -63,15 +63,15 @@ fn networks(p: &mut Problems, name: &str, what: &str, list: &[String]) -> Vec<Ne
 
 /// Checks every field and reports every problem at once. The result still needs
 /// `resolve` (local root, policy file, watermark file).
-pub fn validate(raw: RawConfig) -> Result<Config, Problems> {
+pub fn validate(raw: &RawConfig) -> Result<Config, Problems> {
     let mut p = Problems::new();
-    let server = server(&mut p, &raw);
-    let signing = signing(&mut p, &raw);
-    let sources = sources(&mut p, &raw);
-    let engine = engine(&mut p, &raw);
-    let watermark = watermark(&mut p, &raw);
-    let caches = caches(&mut p, &raw);
-    let (policy_file, on_error, policy_limits) = policy(&mut p, &raw);
+    let server = server(&mut p, raw);
+    let signing = signing(&mut p, raw);
+    let sources = sources(&mut p, raw);
+    let engine = engine(&mut p, raw);
+    let watermark = watermark(&mut p, raw);
+    let caches = caches(&mut p, raw);
+    let (policy_file, on_error, policy_limits) = policy(&mut p, raw);
     if !p.is_empty() {
         return Err(p);
     }
@@ -277,11 +277,7 @@ struct Sources {
 
 /// Where sources may come from and how they are fetched.
 fn sources(p: &mut Problems, raw: &RawConfig) -> Sources {
-    let local_root = if raw.local_root.is_empty() {
-        super::bundled_samples()
-    } else {
-        PathBuf::from(&raw.local_root)
-    };
+    let local_root = raw.local_root_path();
     let networks = networks(
         p,
         "allowed_source_networks",
