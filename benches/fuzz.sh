@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every libFuzzer target in fuzz/ for MINUTES each (default 5), seeding its corpus from
-# ../shared/fixtures and fuzz/regressions, and files each crash as a regression that
+# tests/fixtures and fuzz/regressions, and files each crash as a regression that
 # `cargo test` replays (tests/it/fuzz.rs). Builds with cargo-fuzz on the stable toolchain
 # (sanitizer off: `-s none`; on nightly, set PIXGATE_FUZZ_SANITIZER=address).
 #   bash benches/fuzz.sh [MINUTES] [TARGET...]     targets: url probe transform multipart decision
@@ -11,7 +11,7 @@ shift || true
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(url probe transform multipart decision)
 sanitizer="${PIXGATE_FUZZ_SANITIZER:-none}"
-fixtures=../shared/fixtures
+fixtures=tests/fixtures
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 
 # Seeds, rebuilt each run (fuzz/corpus is not committed; the fuzzer adds what it finds).

@@ -1,21 +1,21 @@
-//! What the Criterion benches share: the fixtures (`../shared/fixtures`) and the naming rule
+//! What the Criterion benches share: the fixtures (`tests/fixtures`) and the naming rule
 //! of every benchmark, `area/operation/parameters`, so results sort and compare by area.
 
 #![allow(dead_code)] // each bench uses its own subset
 
 use std::path::PathBuf;
 
-/// `../shared/fixtures/{rel}`, read; a missing fixture fails with its path.
+/// `tests/fixtures/{rel}`, read; a missing fixture fails with its path.
 pub fn fixture(rel: &str) -> Vec<u8> {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures")
+        .join("tests/fixtures")
         .join(rel);
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 /// Every JPEG photo of the fixtures, by file stem, sorted.
 pub fn photos() -> Vec<(String, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/photos");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/photos");
     let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .filter_map(|e| {

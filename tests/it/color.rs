@@ -1,5 +1,5 @@
 //! Colour management against references made by an independent tool (tests/reference/icc):
-//! wide-gamut (Display P3, Rec. 2020) and primaries-rotated RGB profiles, and YCCK with an
+//! wide-gamut (Display P3, Rec. 2020) and primaries-rotated RGB profiles, and CMYK with an
 //! embedded CMYK profile, all come out as sRGB; keeping the profile keeps it in the output.
 
 use crate::support::engine::encode;
@@ -13,8 +13,8 @@ fn cases() -> Vec<(String, std::path::PathBuf)> {
         .filter(|p| p.extension().is_some_and(|e| e == "png"))
         .map(|p| {
             let stem = p.file_stem().unwrap().to_str().unwrap().to_string();
-            let src = if stem == "ycck" {
-                "conformance/jpeg/jpeg-decoder-reftest/ycck.jpg".to_string()
+            let src = if stem == "cmyk" {
+                "derived/cmyk_cgats001.jpg".to_string()
             } else {
                 format!("conformance/icc/wide-gamut-tests/{stem}.jpg")
             };
@@ -82,13 +82,13 @@ fn keeping_the_profile_keeps_it_and_leaves_the_pixels() {
     }
 }
 
-/// YCCK with a CMYK profile: the managed conversion matches the reference, a naive
+/// CMYK with a CMYK profile: the managed conversion matches the reference, a naive
 /// (profile-blind) CMYK → RGB conversion does not.
 #[test]
 fn cmyk_goes_through_its_profile() {
-    let src = "conformance/jpeg/jpeg-decoder-reftest/ycck.jpg";
+    let src = "derived/cmyk_cgats001.jpg";
     let reference =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/icc/ycck.png");
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference/icc/cmyk.png");
     let want = image::open(reference).unwrap().to_rgba8();
     let got = image::DynamicImage::ImageRgb8(render(src, "rs:fit:256:0/f:png")).to_rgba8();
     // The image crate's own JPEG decoder converts CMYK naively.
@@ -102,7 +102,7 @@ fn cmyk_goes_through_its_profile() {
         .to_rgba8();
     let (managed, _) = diff(&got, &want);
     let (blind, _) = diff(&naive, &want);
-    eprintln!("ycck: managed mean {managed:.2}, naive mean {blind:.2}");
+    eprintln!("cmyk: managed mean {managed:.2}, naive mean {blind:.2}");
     assert!(
         managed <= 1.0 && blind >= 3.0 * managed + 2.0,
         "managed {managed:.2}, naive {blind:.2}"

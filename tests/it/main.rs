@@ -1,5 +1,5 @@
 //! The one integration test binary: the engine, the real `pixgate` binary and the server
-//! against the shared fixtures and a real local origin.
+//! against the fixtures in tests/fixtures and a real local origin.
 
 mod animation;
 mod autoquality;
@@ -15,6 +15,7 @@ mod golden;
 mod hardening;
 mod hostile;
 mod info;
+mod install;
 mod manifest;
 mod max_bytes;
 mod metadata;

@@ -1,4 +1,4 @@
-//! Every file listed in `../shared/fixtures/MANIFEST.tsv` goes through the engine and gets the
+//! Every file listed in `tests/fixtures/MANIFEST.tsv` goes through the engine and gets the
 //! outcome its row expects: a decode that decodes back at the planned size, or a typed 4xx —
 //! never a panic, never a 5xx.
 

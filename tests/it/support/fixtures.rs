@@ -1,13 +1,13 @@
-//! The shared fixtures (`../shared/fixtures`, its `MANIFEST.tsv`) and temporary directories.
+//! The test fixtures (`tests/fixtures`, its `MANIFEST.tsv`) and temporary directories.
 
 use std::path::{Path, PathBuf};
 
-/// `../shared/fixtures`, or a clear failure.
+/// `tests/fixtures` of this checkout, or a clear failure.
 pub fn fixtures() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     assert!(
         root.join("MANIFEST.tsv").is_file(),
-        "fixtures not found at {}: the tests need ../shared/fixtures beside the crate",
+        "fixtures not found at {}: the checkout is incomplete (tests/fixtures is part of the repository)",
         root.display()
     );
     root

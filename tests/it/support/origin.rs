@@ -1,4 +1,4 @@
-//! A real local origin (hyper on 127.0.0.1:0) serving `../shared/fixtures/`, able to misbehave
+//! A real local origin (hyper on 127.0.0.1:0) serving `tests/fixtures/`, able to misbehave
 //! on cue by path prefix, and counting the requests it saw.
 //!
 //! Routes: `/f/<fixture>` the file; `/drip/<fixture>` one 64-byte chunk every 100 ms;
