@@ -1,20 +1,42 @@
-//! Build script: records the git commit for `pixgate_build_info` (and `--version` readers).
+//! Build script: records the git commit the binary is built from as `PIXGATE_GIT_HASH`
+//! (`--version`, `GET /version`). A source tree without git (a release tarball) says
+//! `unknown` unless the packager sets `PIXGATE_GIT_HASH` itself.
+
+use std::path::Path;
+use std::process::Command;
 
 fn main() {
-    let hash = std::process::Command::new("git")
+    println!("cargo:rerun-if-env-changed=PIXGATE_GIT_HASH");
+    let given = std::env::var("PIXGATE_GIT_HASH")
+        .ok()
+        .filter(|h| !h.trim().is_empty());
+    let hash = given.or_else(git_hash).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=PIXGATE_GIT_HASH={hash}");
+}
+
+fn git_hash() -> Option<String> {
+    let dir = Command::new("git")
+        .args(["rev-parse", "--git-dir"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let dir = String::from_utf8(dir.stdout).ok()?;
+    let dir = Path::new(dir.trim());
+    // A new commit moves the branch's ref (or packed-refs); a checkout moves HEAD.
+    println!("cargo:rerun-if-changed={}", dir.join("HEAD").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        dir.join("packed-refs").display()
+    );
+    if let Ok(head) = std::fs::read_to_string(dir.join("HEAD")) {
+        if let Some(r) = head.trim().strip_prefix("ref: ") {
+            println!("cargo:rerun-if-changed={}", dir.join(r).display());
+        }
+    }
+    let out = Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .output()
         .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown".into());
-    println!("cargo:rustc-env=BUILD_GIT_HASH={hash}");
-    // Rebuild when HEAD moves (a commit or checkout), not on every build.
-    for path in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {
-        if std::path::Path::new(path).exists() {
-            println!("cargo:rerun-if-changed={path}");
-        }
-    }
-    println!("cargo:rerun-if-changed=build.rs");
+        .filter(|o| o.status.success())?;
+    Some(String::from_utf8(out.stdout).ok()?.trim().to_string()).filter(|h| !h.is_empty())
 }

@@ -5,11 +5,13 @@
 #   nginx/run-stack.sh [--port PORT] [--processes K] [--tls-port PORT] [--workdir DIR]
 #                      [--bin PATH]
 #
-# Prints `stack ready on http://127.0.0.1:PORT` once nginx answers through pixgate. Port 0
-# (for --port or --tls-port) picks a free one, tried again if another process takes it
-# first; stack.env says which. PIXGATE_*
-# variables reach every pixgate process (PIXGATE_TRUSTED_PROXIES defaults to loopback, where
-# nginx connects from). --bin picks the pixgate binary (default: cargo build --release).
+# Prints `stack ready on http://127.0.0.1:PORT` once a request answered through its own
+# nginx (found in that nginx's access log). A port already in use is refused with a message
+# and exit status 1; port 0 (for --port or --tls-port) picks a free one, tried again if
+# another process takes it first; stack.env says which. PIXGATE_* variables reach every
+# pixgate process (PIXGATE_TRUSTED_PROXIES defaults to loopback, where nginx connects from).
+# --bin picks the pixgate binary (default: cargo build --release, found in the target
+# directory cargo reports, so CARGO_TARGET_DIR and .cargo/config are honoured).
 # Ctrl-C or SIGTERM stops everything it started. The work directory (logs/, cache/, conf/,
 # stack.env with ports and pids) is removed at exit unless --workdir was given.
 set -euo pipefail
@@ -26,7 +28,7 @@ while [ $# -gt 0 ]; do
     --tls-port) tls_port="$2"; shift 2 ;;
     --workdir) work="$2"; shift 2 ;;
     --bin) bin="$2"; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
     *) echo "run-stack: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -35,8 +37,11 @@ case "$processes" in ''|*[!0-9]*|0) echo "run-stack: --processes must be a posit
 root=$(cd "$(dirname "$0")/.." && pwd)
 if [ -z "$bin" ]; then
   (cd "$root" && cargo build --release --quiet)
-  bin="$root/target/release/pixgate"
+  target_dir=$(cd "$root" && cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+  bin="$target_dir/release/pixgate"
 fi
+[ -x "$bin" ] || { echo "run-stack: no pixgate binary at $bin" >&2; exit 1; }
 NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
 [ -x "$NGINX_BIN" ] || { echo "run-stack: nginx is not installed (apt-get install nginx)" >&2; exit 1; }
 
@@ -67,6 +72,16 @@ trap 'exit 0' INT TERM
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
+# Exit status 0 when something listens on 127.0.0.1:$1.
+port_busy() {
+  python3 -c 'import socket,sys; s=socket.socket(); s.settimeout(1); sys.exit(0 if s.connect_ex(("127.0.0.1", int(sys.argv[1]))) == 0 else 1)' "$1"
+}
+for p in "$port" "$tls_port"; do
+  if [ -n "$p" ] && [ "$p" != 0 ] && port_busy "$p"; then
+    echo "run-stack: port $p is already in use on 127.0.0.1 (another server?); pick another with --port/--tls-port, or 0 for a free one" >&2
+    exit 1
+  fi
+done
 
 # A port probed free may be taken before our server binds it: servers that fail to bind are
 # started again on another, so a collision costs a retry, never a wrong server.
@@ -140,10 +155,19 @@ for attempt in $(seq 1 "$attempts"); do
   "$NGINX_BIN" -p "$work/" -c "$work/conf/nginx.conf" -g 'daemon off;' &
   nginx_pid=$!
   up=""
-  # Our nginx, not whatever else answers on the port: it must be alive and say so.
-  until kill -0 "$nginx_pid" 2>/dev/null && curl -sf -D - -o /dev/null "http://127.0.0.1:$port/health" 2>/dev/null | grep -qi '^server: nginx'; do
+  # Our nginx, not whatever else answers on the port: the probe, marked with a token of
+  # this run, must answer and appear in this nginx's own access log.
+  token="stack-probe-$$-$attempt-$RANDOM"
+  deadline=$((SECONDS + 30))
+  until kill -0 "$nginx_pid" 2>/dev/null &&
+        curl -sf -o /dev/null "http://127.0.0.1:$port/health?$token" 2>/dev/null &&
+        grep -q "$token" "$work/logs/access.log" 2>/dev/null; do
     if ! kill -0 "$nginx_pid" 2>/dev/null; then
       break
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "run-stack: nginx runs but no probe answered through it within 30 s" >&2
+      exit 1
     fi
     sleep 0.05
   done

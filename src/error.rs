@@ -197,12 +197,17 @@ impl Error {
         m.error(self.code());
     }
 
-    /// The JSON error response: stable code, public message, never internal detail.
-    pub fn response(&self) -> Response<Body> {
-        let body = serde_json::json!({
-            "error": { "code": self.code(), "message": self.public_message() }
-        })
-        .to_string();
+    /// The JSON error response: the stable code and the public message — never internal
+    /// detail, unless `development` (imgproxy's `DEVELOPMENT_ERRORS_MODE`) asks for the
+    /// specific reason instead (`unknown preset `nope``), which may name paths and addresses.
+    pub fn response(&self, development: bool) -> Response<Body> {
+        let message = if development {
+            Cow::Owned(self.to_string())
+        } else {
+            self.public_message()
+        };
+        let body =
+            serde_json::json!({ "error": { "code": self.code(), "message": message } }).to_string();
         let mut r = Response::new(Body::new(bytes::Bytes::from(body)));
         *r.status_mut() =
             StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -242,6 +247,13 @@ impl Error {
 impl crate::cache::FillError for Error {
     fn fill_lost() -> Self {
         Error::Gate(GateError::Panicked("cache fill task ended".into()))
+    }
+}
+
+/// Every error code's series in `pixgate_errors_total`, at 0.
+pub fn preregister(m: &Metrics) {
+    for k in Kind::ALL {
+        m.error_series(k.code());
     }
 }
 

@@ -35,6 +35,9 @@ struct Trace {
     policy: Option<Duration>,
     cache: Option<Outcome>,
     format: Option<crate::format::Format>,
+    /// The format decision (`x:webp` named by the URL, `n:avif` negotiated from `Accept`,
+    /// `s` the source's own), once the request is admitted.
+    variant: Option<FormatChoice>,
 }
 
 /// Serves one request from `peer`.
@@ -90,6 +93,7 @@ async fn serve(
 ) -> Result<Response<Body>, Error> {
     match route {
         Route::Health => Ok(response::health()),
+        Route::Version => Ok(response::version()),
         Route::Transform(target) => transform(state, target, parts, peer, trace).await,
         Route::Info(target) => describe(state, target, parts, peer, trace).await,
         Route::Upload(target) => upload(state, target, parts, body, peer, request_id, trace).await,
@@ -151,6 +155,7 @@ async fn admit(
         trace.policy = Some(t.elapsed());
         Error::from_verdict(verdict)?;
     }
+    trace.variant = Some(choice);
     Ok(Admitted {
         parsed,
         choice,
@@ -426,7 +431,7 @@ fn finish(
 ) -> Response<Body> {
     let (mut resp, error) = match result {
         Ok(r) => (r, None),
-        Err(e) => (e.response(), Some(e)),
+        Err(e) => (e.response(state.config.development_errors), Some(e)),
     };
     if let Some(e) = &error {
         e.count(&state.metrics);
@@ -500,11 +505,14 @@ fn log_line(
     );
     let encodes = s.map_or(0, |s| s.pixels.encodes);
     let cache = trace.cache.map_or("-", Outcome::header);
+    let format = trace.format.map_or("-", |f| f.ext());
+    let variant = trace.variant.map_or_else(|| "-".into(), FormatChoice::key);
     let code = error.map_or("", Error::code);
     let detail = error.map(|e| e.to_string()).unwrap_or_default();
     macro_rules! line {
         ($level:ident) => {
-            tracing::$level!(id = %id, %method, path = %shown, status, bytes, ms = %total_ms, cache,
+            tracing::$level!(id = %id, %method, path = %shown, status, bytes, format, %variant,
+                ms = %total_ms, cache,
                 %policy_ms, %fetch_ms, %queue_ms, %decode_ms, %transform_ms, %encode_ms,
                 encodes, code, detail, "request")
         };

@@ -34,6 +34,7 @@ pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handler;
+pub mod healthcheck;
 pub mod info;
 pub mod metrics;
 pub mod negotiate;
@@ -52,6 +53,17 @@ pub use error::Error;
 pub use format::Format;
 pub use pixels::{Encoded, EngineConfig};
 pub use request::options::Options;
+
+/// The release version and the git commit it was built from (`0.1.0 (git 1a2b3c4d5e6f)`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("PIXGATE_GIT_HASH"),
+    ")"
+);
+
+/// The git commit of this build (`unknown` when built outside a git checkout).
+pub const GIT_HASH: &str = env!("PIXGATE_GIT_HASH");
 
 /// Parses an option string with default server settings and runs the engine on `src`: what
 /// `pixgate transform` does.
@@ -97,12 +109,12 @@ pub fn now_unix() -> i64 {
 pub(crate) mod test_support {
     use std::path::PathBuf;
 
-    /// A file under `../shared/fixtures/`, with a clear failure when the folder is missing.
+    /// A file under `tests/fixtures/`, with a clear failure when the folder is missing.
     pub fn fixture(rel: &str) -> PathBuf {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures");
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
         assert!(
             root.is_dir(),
-            "fixtures not found at {}: tests need ../shared/fixtures beside the crate",
+            "fixtures not found at {}: tests/fixtures is part of the repository",
             root.display()
         );
         root.join(rel)

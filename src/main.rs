@@ -11,11 +11,12 @@ use pixgate::server;
 #[derive(Parser)]
 #[command(
     name = "pixgate",
-    version,
+    version = pixgate::VERSION,
     about = "imgproxy-compatible image transform proxy",
     after_help = "Configuration: a TOML file (--config), every key overridable by PIXGATE_<KEY> \
-                  environment variables, then by flags. IMGPROXY_KEY, IMGPROXY_SALT and \
-                  IMGPROXY_SIGNATURE_SIZE are read too. See README.md, \"Configuration\"."
+                  environment variables, then by flags. IMGPROXY_KEY, IMGPROXY_SALT, \
+                  IMGPROXY_SIGNATURE_SIZE and IMGPROXY_DEVELOPMENT_ERRORS_MODE are read \
+                  too. See README.md, \"Configuration\"."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -47,6 +48,19 @@ enum Command {
         /// Which key pair to sign with (default: the first).
         #[arg(long)]
         tenant: Option<String>,
+    },
+    /// Exit 0 when a pixgate server answers its health check (`GET /health` → 200 `ok`),
+    /// 1 otherwise: for container HEALTHCHECKs and load balancers' exec probes.
+    Health {
+        /// URL to check (default: `/health` on the configured `listen` address).
+        #[arg(long)]
+        url: Option<String>,
+        /// TOML configuration file (for `listen`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5.0)]
+        timeout: f64,
     },
     /// Check or try a Lua policy before deploying it.
     Policy {
@@ -139,21 +153,23 @@ fn init_logging(cfg: &Config) {
     }
 }
 
+/// A tokio runtime from `builder`, or the exit status that says why not.
+fn runtime(builder: &mut tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("pixgate: cannot start the runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
+
 fn serve(file: Option<PathBuf>, flags: Flags) -> ExitCode {
     let cfg = match load_config(file.as_deref(), std::env::vars(), &flags) {
         Ok(c) => c,
         Err(code) => return code,
     };
     init_logging(&cfg);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime(&mut tokio::runtime::Builder::new_multi_thread()) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("pixgate: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     rt.block_on(async move {
         let started = match server::Listeners::bind(&cfg).await {
@@ -412,6 +428,43 @@ fn policy(command: PolicyCommand) -> ExitCode {
     }
 }
 
+fn health(url: Option<String>, file: Option<PathBuf>, timeout: f64) -> ExitCode {
+    let url = match url {
+        Some(u) => u,
+        None => {
+            let cfg = match load_config(file.as_deref(), std::env::vars(), &Flags::default()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            // A wildcard listener is reached on loopback.
+            let mut addr = cfg.listen;
+            if addr.ip().is_unspecified() {
+                addr.set_ip(match addr {
+                    std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            format!("http://{addr}/health")
+        }
+    };
+    let timeout = std::time::Duration::try_from_secs_f64(timeout)
+        .unwrap_or(std::time::Duration::from_secs(5));
+    let rt = match runtime(&mut tokio::runtime::Builder::new_current_thread()) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match rt.block_on(pixgate::healthcheck::check(&url, timeout)) {
+        Ok(()) => {
+            println!("ok: {url}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pixgate: unhealthy: {url}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `3, 5-7, 10` for sorted line numbers.
 fn line_ranges(lines: &[usize]) -> String {
     let mut out: Vec<String> = Vec::new();
@@ -454,5 +507,10 @@ fn main() -> ExitCode {
             watermark,
         } => transform(input, options, output, fast, max_src_resolution, watermark),
         Command::Policy { command } => policy(command),
+        Command::Health {
+            url,
+            config,
+            timeout,
+        } => health(url, config, timeout),
     }
 }

@@ -253,7 +253,7 @@ impl Metrics {
             &["version", "git_hash"],
         );
         build
-            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("BUILD_GIT_HASH")])
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), crate::GIT_HASH])
             .set(1);
         let m = Metrics {
             requests,
@@ -414,6 +414,9 @@ impl Metrics {
         for reason in ["per_ip", "idle"] {
             m.connections_closed.with_label_values(&[reason]);
         }
+        for outcome in ["allow", "deny", "limited", "error"] {
+            m.policy_decisions.with_label_values(&[outcome]);
+        }
         #[cfg(target_os = "linux")]
         m.registry
             .register(Box::new(
@@ -446,6 +449,12 @@ impl Metrics {
 
     pub fn error(&self, code: &'static str) {
         self.errors.with_label_values(&[code]).inc();
+    }
+
+    /// Creates the series of an error code at 0 (dashboards and alerts on a code see its
+    /// first occurrence instead of a series appearing).
+    pub fn error_series(&self, code: &'static str) {
+        self.errors.with_label_values(&[code]);
     }
 
     pub fn image(&self, format: Format) {

@@ -200,6 +200,23 @@ pub fn health() -> Response<Body> {
     r
 }
 
+/// `GET /version`: what is running, for deploy checks.
+pub fn version() -> Response<Body> {
+    let body = serde_json::json!({
+        "name": "pixgate",
+        "version": env!("CARGO_PKG_VERSION"),
+        "git": crate::GIT_HASH,
+    });
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
 /// A JSON document (`/info`), cacheable like an image: it depends only on the URL.
 pub fn json(body: Vec<u8>, ttl: u64) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(body)));

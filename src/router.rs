@@ -1,5 +1,5 @@
 //! Method and path → the [`Route`] that serves them: the one place that knows pixgate's URL
-//! space (`/health`, `/info/…`, `POST /upload/…`, `/upload/result/…`, and every other path
+//! space (`/health`, `/version`, `/info/…`, `POST /upload/…`, `/upload/result/…`, and every other path
 //! as an imgproxy transform URL).
 
 use hyper::Method;
@@ -13,6 +13,8 @@ pub const UPLOAD_RESULT: &str = "/upload/result/";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route<'a> {
     Health,
+    /// `GET /version`: version and git commit.
+    Version,
     /// The whole target (path and query): an imgproxy URL.
     Transform(&'a str),
     /// The target after `/info`.
@@ -30,6 +32,7 @@ pub fn route<'a>(method: &Method, target: &'a str) -> Route<'a> {
     let read = *method == Method::GET || *method == Method::HEAD;
     match path {
         "/health" if read => Route::Health,
+        "/version" if read => Route::Version,
         p if read && p.starts_with(UPLOAD_RESULT) => Route::UploadResult(&p[UPLOAD_RESULT.len()..]),
         p if *method == Method::POST && p.starts_with("/upload/") => {
             Route::Upload(&target["/upload".len()..])
@@ -46,7 +49,7 @@ impl Route<'_> {
     /// The `route` label of the request metrics.
     pub fn label(self) -> metrics::Route {
         match self {
-            Route::Health => metrics::Route::Health,
+            Route::Health | Route::Version => metrics::Route::Health,
             Route::Transform(_) => metrics::Route::Transform,
             Route::Info(_) => metrics::Route::Info,
             Route::Upload(_) | Route::UploadResult(_) => metrics::Route::Upload,
@@ -65,6 +68,7 @@ mod tests {
         assert_eq!(route(&get, "/health"), Route::Health);
         assert_eq!(route(&Method::HEAD, "/health"), Route::Health);
         assert_eq!(route(&Method::POST, "/health"), Route::NotFound);
+        assert_eq!(route(&get, "/version"), Route::Version);
         assert_eq!(
             route(&get, "/insecure/rs:fit:10:10/plain/local:///a.jpg?x=1"),
             Route::Transform("/insecure/rs:fit:10:10/plain/local:///a.jpg?x=1")

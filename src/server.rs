@@ -204,6 +204,9 @@ pub async fn run(
     ready: impl FnOnce(Ready<'_>),
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
     if config.keys.is_empty() {
         tracing::info!("signing is off: any signature segment is accepted (use `insecure`)");
     }
@@ -212,7 +215,7 @@ pub async fn run(
         Some(p) => {
             tracing::info!(file = %p.file().display(), generation = p.generation(), "policy loaded")
         }
-        None => tracing::info!(
+        None => tracing::warn!(
             "no policy file ({} absent or policy_file = \"\"): every request is allowed without limits",
             crate::config::DEFAULT_POLICY_FILE
         ),
@@ -225,7 +228,11 @@ pub async fn run(
     }
     let announce = |state: &Arc<State>| {
         let c = &state.config;
-        tracing::info!(local_root = %c.local_root.display(), workers = c.workers, "ready");
+        let root = c
+            .local_root
+            .as_deref()
+            .map_or("-".into(), |r| r.display().to_string());
+        tracing::info!(local_root = %root, workers = c.workers, "ready");
         ready(Ready {
             addr,
             metrics_addr,

@@ -94,7 +94,11 @@ impl State {
         };
         Ok(State {
             policy,
-            metrics: Metrics::new(),
+            metrics: {
+                let m = Metrics::new();
+                crate::error::preregister(&m);
+                m
+            },
             origin: Origin::new(c),
             gate: CpuGate::new(c.workers, c.queue_size, c.memory_budget),
             results: Store::new(

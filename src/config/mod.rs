@@ -11,11 +11,12 @@ mod raw;
 mod resolve;
 mod validate;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use env::apply_env;
+pub use env::{EnvLayer, apply_env};
 pub use raw::{RawConfig, RawKey};
 
 use crate::pixels::EngineConfig;
@@ -114,11 +115,14 @@ pub struct Config {
     pub presets: Presets,
     pub only_presets: bool,
     pub allow_security_options: bool,
+    /// Error bodies carry the specific reason.
+    pub development_errors: bool,
     /// Server defaults for options the URL does not set.
     pub defaults: Options,
 
-    /// Directory behind `local:///` (canonical once resolved).
-    pub local_root: PathBuf,
+    /// Directory behind `local:///` (canonical once resolved); `None`: not set and no
+    /// samples found ([`bundled_samples`]), so `local:///` answers 404.
+    pub local_root: Option<PathBuf>,
     pub allowed_sources: Vec<String>,
     pub allowed_source_networks: Vec<Network>,
     pub allow_loopback_sources: bool,
@@ -164,6 +168,8 @@ pub struct Config {
     pub policy_error_rate: Option<f64>,
     /// The policy to load, once resolved; `None`: every request allowed.
     pub policy: Option<PolicySettings>,
+    /// What loading noticed without refusing (logged at `warn` when the server starts).
+    pub warnings: Vec<String>,
 }
 
 impl Config {
@@ -200,10 +206,39 @@ impl Config {
     }
 }
 
-/// Where the bundled sample images live: next to the executable's crate when run from a
-/// checkout, which is what `cargo run` does.
-pub fn bundled_samples() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("samples")
+/// Where the sample images are found when `local_root` is not set, in this order: `samples/`
+/// beside the binary; `../share/pixgate/samples` from the binary's folder (`/usr/bin` →
+/// `/usr/share/pixgate/samples`, `/usr/local/bin` → `/usr/local/share/...`);
+/// `/usr/share/pixgate/samples`; `samples/` of the checkout a cargo-built binary sits in
+/// (`target/<profile>/pixgate`); `samples/` in the working directory. `None`: nowhere, and
+/// `local:///` answers 404.
+pub fn bundled_samples() -> Option<PathBuf> {
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.canonicalize().ok());
+    let dir = exe.as_deref().and_then(Path::parent);
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(d) = dir {
+        candidates.push(d.join("samples"));
+        candidates.push(d.join("../share/pixgate/samples"));
+    }
+    candidates.push(PathBuf::from("/usr/share/pixgate/samples"));
+    if let Some(d) = dir {
+        // target/<profile>/pixgate, target/<triple>/<profile>/pixgate, and the test binaries
+        // in target/<profile>/deps.
+        candidates.extend(
+            d.ancestors()
+                .skip(1)
+                .take(3)
+                .filter(|a| a.join("Cargo.toml").is_file())
+                .map(|a| a.join("samples")),
+        );
+    }
+    candidates.push(PathBuf::from("samples"));
+    candidates
+        .into_iter()
+        .find(|c| c.is_dir())
+        .and_then(|c| c.canonicalize().ok())
 }
 
 /// CLI flags that override everything else.
@@ -213,43 +248,158 @@ pub struct Flags {
     pub local_root: Option<String>,
 }
 
+/// Where a key's value was written, so a problem is reported under the operator's name
+/// for it.
+#[derive(Debug, Clone)]
+enum Origin {
+    File(String),
+    Env(String),
+    Flag(&'static str),
+}
+
+impl Origin {
+    /// The key as its origin spells it: `PIXGATE_CACHE_SIZE`, `--listen`, or the key in
+    /// its file.
+    fn name(&self, key: &str) -> String {
+        match self {
+            Origin::File(path) => format!("{path}: {key}"),
+            Origin::Env(var) => var.clone(),
+            Origin::Flag(flag) => (*flag).to_string(),
+        }
+    }
+}
+
+/// The nearest known key to a misspelt one, when it is near enough to be the intent.
+fn did_you_mean(word: &str, known: &[&'static str]) -> Option<&'static str> {
+    known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(word, k), *k))
+        .min()
+        .filter(|(d, k)| {
+            *d <= 2 || (*d <= 3 && k.len() >= 12) || (k.starts_with(word) && word.len() >= 4)
+        })
+        .map(|(_, k)| k)
+}
+
 /// Reads the file (if any), applies the environment and flags, validates and resolves.
+/// Every problem is reported at once: unknown keys (with the nearest known one), values of
+/// the wrong type or unit, and what validation and the file system find, each under the
+/// name it was written as (the file's key, `PIXGATE_*` variable or flag).
 pub fn load(
     file: Option<&Path>,
     vars: impl Iterator<Item = (String, String)>,
     flags: &Flags,
 ) -> Result<Config, Vec<String>> {
-    let mut table = match file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| vec![format!("{}: {e}", path.display())])?;
-            text.parse::<toml::Table>()
-                .map_err(|e| vec![format!("{}: {e}", path.display())])?
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    let mut table = toml::Table::new();
+    let mut origins: BTreeMap<String, Origin> = BTreeMap::new();
+    if let Some(path) = file {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
+        match text.parse::<toml::Table>() {
+            Ok(t) => table = t,
+            Err(e) => problems.push(format!("{}: {}", path.display(), e.to_string().trim())),
         }
-        None => toml::Table::new(),
-    };
-    let mut problems = apply_env(&mut table, vars);
-    if let Some(l) = &flags.listen {
-        table.insert("listen".into(), toml::Value::String(l.clone()));
+        let shown = path.display().to_string();
+        origins.extend(
+            table
+                .keys()
+                .map(|k| (k.clone(), Origin::File(shown.clone()))),
+        );
     }
-    if let Some(r) = &flags.local_root {
-        table.insert("local_root".into(), toml::Value::String(r.clone()));
+    let env = apply_env(&mut table, vars);
+    problems.extend(env.problems);
+    origins.extend(env.origins.into_iter().map(|(k, v)| (k, Origin::Env(v))));
+    for (flag, key, value) in [
+        ("--listen", "listen", &flags.listen),
+        ("--local-root", "local_root", &flags.local_root),
+    ] {
+        if let Some(v) = value {
+            table.insert(key.into(), toml::Value::String(v.clone()));
+            origins.insert(key.into(), Origin::Flag(flag));
+        }
+    }
+
+    let known = raw::known_keys();
+    let mut keys: Vec<String> = table.keys().cloned().collect();
+    keys.sort();
+    for key in keys {
+        let origin = origins
+            .get(&key)
+            .cloned()
+            .unwrap_or(Origin::Flag("(built in)"));
+        if !known.contains(&key.as_str()) {
+            let value = table.remove(&key);
+            let near = did_you_mean(&key, known);
+            match (&origin, near) {
+                (Origin::Env(var), Some(k)) => problems.push(format!(
+                    "{var}: not a setting; did you mean PIXGATE_{}?",
+                    k.to_ascii_uppercase()
+                )),
+                // Scripts keep their own PIXGATE_* variables (PIXGATE_BIN, ...): a name
+                // near no setting is theirs, not a typo.
+                (Origin::Env(var), None) => {
+                    warnings.push(format!("{var} is not a pixgate setting; ignored"))
+                }
+                (_, Some(k)) => problems.push(format!(
+                    "{}: unknown key; did you mean `{k}`?",
+                    origin.name(&key)
+                )),
+                (_, None) => problems.push(format!(
+                    "{}: unknown key (see README.md, \"Configuration\")",
+                    origin.name(&key)
+                )),
+            }
+            drop(value);
+            continue;
+        }
+        // Each key alone over the defaults: its own type or unit error, under its name.
+        let mut one = toml::Table::new();
+        one.insert(key.clone(), table[&key].clone());
+        if let Err(e) = toml::Value::Table(one).try_into::<RawConfig>() {
+            problems.push(format!("{}: {}", origin.name(&key), clean(&e.to_string())));
+            table.remove(&key);
+        }
     }
     let raw: RawConfig = match toml::Value::Table(table).try_into() {
         Ok(r) => r,
         Err(e) => {
-            problems.push(e.to_string().trim().to_string());
-            return Err(problems);
+            problems.push(clean(&e.to_string()));
+            RawConfig::default()
+        }
+    };
+    let named = |p: String| -> String {
+        // Validation speaks of keys; say which variable or flag set the one it names.
+        let key = p
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .next()
+            .unwrap_or_default();
+        match origins.get(key) {
+            Some(o @ (Origin::Env(_) | Origin::Flag(_))) => format!("{}: {p}", o.name(key)),
+            _ => p,
         }
     };
     match from_raw(raw) {
-        Ok(c) if problems.is_empty() => Ok(c),
+        Ok(mut c) if problems.is_empty() => {
+            c.warnings.extend(warnings);
+            Ok(c)
+        }
         Ok(_) => Err(problems),
-        Err(mut more) => {
-            problems.append(&mut more);
+        Err(more) => {
+            problems.extend(more.into_iter().map(named));
             Err(problems)
         }
     }
+}
+
+/// A deserializer message on one line, without serde's noise.
+fn clean(e: &str) -> String {
+    e.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The written configuration checked and resolved; every problem at once.

@@ -1,16 +1,17 @@
 //! The configuration as written (TOML file, environment, flags), with the server's defaults:
-//! every field optional in the file, each documented with its unit. The engine's own defaults
+//! every field optional in the file, each documented with its unit. Sizes may also be written
+//! with units (`256MB` = 256·10⁶, `1GiB` = 2³⁰ bytes), durations too (`30s`, `500ms`, `1h`). The engine's own defaults
 //! (qualities, limits) come from `EngineConfig::default`, so the CLI, the benches and the
 //! server cannot drift apart.
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::pixels::EngineConfig;
 
 /// One signing key/salt pair (hex in the file), naming the tenant it authenticates.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawKey {
     pub tenant: String,
@@ -19,7 +20,7 @@ pub struct RawKey {
 }
 
 /// The configuration as written: every field optional in the file, defaults from `Default`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawConfig {
     /// `address:port` of the API listener; port 0 picks a free port.
@@ -32,12 +33,16 @@ pub struct RawConfig {
     pub max_connections_per_ip: usize,
     /// Seconds a connection may stay open with no request in flight, a new one included
     /// (one that never sends a request is closed after this).
+    #[serde(deserialize_with = "seconds")]
     pub keep_alive_timeout: f64,
     /// Seconds a client may take to send its request headers.
+    #[serde(deserialize_with = "seconds")]
     pub header_read_timeout: f64,
     /// Seconds a whole request may take, queue wait included (503 after).
+    #[serde(deserialize_with = "seconds")]
     pub request_timeout: f64,
     /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+    #[serde(deserialize_with = "seconds")]
     pub shutdown_timeout: f64,
     /// Pixel jobs run at once; 0 = the number of CPU cores.
     pub workers: usize,
@@ -45,6 +50,7 @@ pub struct RawConfig {
     pub queue_size: usize,
     /// Bytes of pixel buffers all running jobs may hold together, by each job's estimate
     /// from its plan; jobs wait (in the queue, up to their deadline) for room.
+    #[serde(deserialize_with = "size")]
     pub memory_budget: u64,
     /// A level (`info`) or a tracing filter (`pixgate=debug,hyper=warn`).
     #[serde(deserialize_with = "string_like")]
@@ -66,8 +72,14 @@ pub struct RawConfig {
     pub only_presets: bool,
     /// Let URLs set the security options (`msr`, `msfs`, `maf`, `mafr`).
     pub allow_security_options: bool,
+    /// Error bodies give the specific reason (`unknown preset `nope``) instead of the
+    /// public message (imgproxy's `DEVELOPMENT_ERRORS_MODE`). The reason may name paths and
+    /// addresses: not for the internet.
+    pub development_errors: bool,
 
-    /// Directory behind `local:///`; empty = the bundled sample images.
+    /// Directory behind `local:///`; empty = the bundled sample images, looked for beside
+    /// the binary, in `../share/pixgate/samples`, `/usr/share/pixgate/samples`, the checkout
+    /// and the working directory (README, "Configuration").
     #[serde(deserialize_with = "string_like")]
     pub local_root: String,
     /// Prefix patterns a source URL must match (`*` matches within a path segment); empty = any.
@@ -84,8 +96,10 @@ pub struct RawConfig {
     #[serde(deserialize_with = "string_or_list")]
     pub allowed_source_networks: Vec<String>,
     /// Seconds for the whole source download.
+    #[serde(deserialize_with = "seconds")]
     pub download_timeout: f64,
     /// Largest source in bytes, enforced while streaming; 0 = no limit.
+    #[serde(deserialize_with = "size")]
     pub max_src_file_size: u64,
     /// Redirects followed per source fetch (each target checked like the first URL).
     pub max_redirects: usize,
@@ -129,6 +143,7 @@ pub struct RawConfig {
     #[serde(deserialize_with = "string_like")]
     pub watermark_url: String,
     /// Bytes of `/upload` bodies held in memory at once (uploads over it: 503).
+    #[serde(deserialize_with = "size")]
     pub upload_buffer_size: u64,
     /// Multiplies every `wm` opacity (0..=1).
     pub watermark_opacity: f64,
@@ -155,19 +170,25 @@ pub struct RawConfig {
     /// `Content-Disposition: attachment` unless the URL says `att:0`.
     pub return_attachment: bool,
     /// `Cache-Control: max-age` in seconds; 0 sends `no-cache`.
+    #[serde(deserialize_with = "whole_seconds")]
     pub ttl: u64,
 
     /// Result cache capacity in bytes of encoded images.
+    #[serde(deserialize_with = "size")]
     pub cache_size: u64,
     /// Seconds a result stays cached.
+    #[serde(deserialize_with = "seconds")]
     pub cache_ttl: f64,
     /// Seconds a result stays cached without being requested.
+    #[serde(deserialize_with = "seconds")]
     pub cache_tti: f64,
     /// Results larger than this fraction of `cache_size` are served but not cached.
     pub cache_max_entry_fraction: f64,
     /// Source cache capacity in bytes (fetched originals; the srcset pattern fetches once).
+    #[serde(deserialize_with = "size")]
     pub source_cache_size: u64,
     /// Seconds a source stays cached; at most 3600 (sources are customer data).
+    #[serde(deserialize_with = "seconds")]
     pub source_cache_ttl: f64,
     /// With no format in the URL, pick WebP (AVIF once it can be written) when `Accept`
     /// allows, and answer `Vary: Accept`.
@@ -184,10 +205,12 @@ pub struct RawConfig {
     #[serde(deserialize_with = "string_like")]
     pub policy_on_error: String,
     /// Memory cap of one policy VM, bytes.
+    #[serde(deserialize_with = "size")]
     pub policy_memory_limit: u64,
     /// Lua instructions one `decide` call may run.
     pub policy_max_instructions: u64,
     /// Seconds one `decide` call may take (a script's top level gets 100 times this).
+    #[serde(deserialize_with = "seconds")]
     pub policy_timeout: f64,
     /// Threads running `decide`, off the async runtime; 0 = the number of cores.
     pub policy_threads: usize,
@@ -224,6 +247,7 @@ impl Default for RawConfig {
             presets: BTreeMap::new(),
             only_presets: false,
             allow_security_options: false,
+            development_errors: false,
             local_root: String::new(),
             allowed_sources: Vec::new(),
             allow_loopback_sources: false,
@@ -289,12 +313,13 @@ impl Default for RawConfig {
 }
 
 impl RawConfig {
-    /// The directory behind `local:///` as written; empty means the bundled samples.
-    pub(super) fn local_root_path(&self) -> std::path::PathBuf {
+    /// The directory behind `local:///` as written; empty means the bundled samples where
+    /// they are found (`None`: nowhere).
+    pub(super) fn local_root_path(&self) -> Option<std::path::PathBuf> {
         if self.local_root.is_empty() {
             super::bundled_samples()
         } else {
-            std::path::PathBuf::from(&self.local_root)
+            Some(std::path::PathBuf::from(&self.local_root))
         }
     }
 }
@@ -333,5 +358,125 @@ fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Err
             .filter(|s| !s.is_empty())
             .map(str::to_string)
             .collect(),
+    })
+}
+
+/// A number or a string, as written, for the fields that take units.
+enum Written {
+    Int(i128),
+    Float(f64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for Written {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Written;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number, or a string with a unit")
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Written, E> {
+                Ok(Written::Int(v.into()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Written, E> {
+                Ok(Written::Int(v.into()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Written, E> {
+                Ok(Written::Float(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Written, E> {
+                Ok(Written::Text(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Bytes: a plain number, or a number with a unit as `bytesize` reads it (`256MB` is
+/// 256·10⁶, `256MiB` 256·2²⁰, case-insensitive, a space allowed).
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let bad = |t: &dyn std::fmt::Display| {
+        serde::de::Error::custom(format!(
+            "`{t}` is not a size (a whole number of bytes, or with a unit: 256MB, 1GiB)"
+        ))
+    };
+    match Written::deserialize(d)? {
+        Written::Int(n) => u64::try_from(n).map_err(|_| bad(&n)),
+        Written::Float(f) if f >= 0.0 && f.fract() == 0.0 && f < 1.8e19 => Ok(f as u64),
+        Written::Float(f) => Err(bad(&f)),
+        Written::Text(t) => t
+            .trim()
+            .parse::<bytesize::ByteSize>()
+            .map(|b| b.as_u64())
+            .map_err(|_| bad(&t)),
+    }
+}
+
+/// Seconds: a plain number (fractions allowed), or a duration as `humantime` reads it
+/// (`30s`, `500ms`, `1h 30m`).
+fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    match Written::deserialize(d)? {
+        Written::Int(n) => Ok(n as f64),
+        Written::Float(f) => Ok(f),
+        Written::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Whole seconds (`ttl`): a plain number or a duration (`1d`, `365days`).
+fn whole_seconds<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let secs = match Written::deserialize(d)? {
+        Written::Int(n) => n as f64,
+        Written::Float(f) => f,
+        Written::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom)?,
+    };
+    if secs >= 0.0 && secs.fract() == 0.0 && secs < 1.8e19 {
+        Ok(secs as u64)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "{secs} is not a whole number of seconds"
+        )))
+    }
+}
+
+fn parse_duration(t: &str) -> Result<f64, String> {
+    let t = t.trim();
+    t.parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite())
+        .or_else(|| humantime::parse_duration(t).ok().map(|d| d.as_secs_f64()))
+        .ok_or_else(|| format!("`{t}` is not a duration (seconds, or with a unit: 30s, 500ms, 1h)"))
+}
+
+/// Every key the file may set, in declaration order (serde's own list, so it cannot drift
+/// from the struct).
+pub fn known_keys() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+    struct Grab<'a>(&'a mut &'static [&'static str]);
+    impl<'de> Deserializer<'de> for Grab<'_> {
+        type Error = de::value::Error;
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("fields taken"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+    static KEYS: std::sync::OnceLock<&'static [&'static str]> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let mut fields: &'static [&'static str] = &[];
+        let _ = RawConfig::deserialize(Grab(&mut fields));
+        fields
     })
 }

@@ -12,9 +12,12 @@ use crate::policy::PolicySettings;
 /// Completes `c`; the problems found (none: `c` is ready).
 pub fn resolve(c: &mut Config) -> Vec<String> {
     let mut p = Vec::new();
-    match local_root(&c.local_root) {
-        Ok(root) => c.local_root = root,
-        Err(e) => p.push(e),
+    match c.local_root.as_deref().map(local_root) {
+        Some(Ok(root)) => c.local_root = Some(root),
+        Some(Err(e)) => p.push(e),
+        None => c.warnings.push(
+            "local_root is not set and no sample images were found (beside the binary, ../share/pixgate/samples, /usr/share/pixgate/samples, the checkout, ./samples): local:/// answers 404".into(),
+        ),
     }
     match policy_file(c.policy_file.as_deref()) {
         Ok(file) => {
@@ -51,7 +54,7 @@ pub fn resolve(c: &mut Config) -> Vec<String> {
 /// both kinds.
 pub fn check_paths(raw: &RawConfig) -> Vec<String> {
     [
-        local_root(&raw.local_root_path()).err(),
+        raw.local_root_path().and_then(|r| local_root(&r).err()),
         policy_file(raw.policy_file.as_deref()).err(),
     ]
     .into_iter()

@@ -107,6 +107,7 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Problems> {
         presets: signing.presets,
         only_presets: raw.only_presets,
         allow_security_options: raw.allow_security_options,
+        development_errors: raw.development_errors,
         defaults,
         local_root: sources.local_root,
         allowed_sources: raw.allowed_sources.clone(),
@@ -140,6 +141,7 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Problems> {
         },
         policy_error_rate: limit(raw.policy_error_rate),
         policy: None,
+        warnings: Vec::new(),
     })
 }
 
@@ -270,7 +272,7 @@ fn signing(p: &mut Problems, raw: &RawConfig) -> Signing {
 }
 
 struct Sources {
-    local_root: PathBuf,
+    local_root: Option<PathBuf>,
     networks: Vec<Network>,
     download_timeout: Duration,
 }

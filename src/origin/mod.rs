@@ -163,7 +163,7 @@ type HttpsClient = Client<hyper_rustls::HttpsConnector<GuardedConnector>, Empty<
 /// The source fetcher.
 pub struct Origin {
     client: HttpsClient,
-    local_root: PathBuf,
+    local_root: Option<PathBuf>,
     allowed_sources: Vec<String>,
     timeout: Duration,
     max_bytes: u64,
@@ -287,7 +287,8 @@ impl Origin {
     }
 
     async fn read_local(&self, path: &str, limit: u64) -> Result<SourceBytes, OriginError> {
-        let full = local_path(&self.local_root, path).ok_or(OriginError::NotFound)?;
+        let root = self.local_root.as_deref().ok_or(OriginError::NotFound)?;
+        let full = local_path(root, path).ok_or(OriginError::NotFound)?;
         let meta = tokio::fs::metadata(&full)
             .await
             .map_err(|_| OriginError::NotFound)?;

@@ -2,13 +2,12 @@
 //! server (in-process and the real binary's log), the sandbox under attack, client addresses
 //! behind proxies, and the `pixgate policy` commands on the shipped scripts.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::support::TempDir;
-use crate::support::{Pixgate, get, spawn_binary, test_config};
+use crate::support::{Pixgate, get, log_channel, spawn_binary, test_config, wait_for_line};
 
 const IMG: &str = "/insecure/rs:fit:32:32/plain/local:///sunset.png";
 
@@ -258,27 +257,8 @@ fn the_binary_logs_reloads_with_generation_and_errors_with_line() {
         ],
         true,
     );
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let wait_for = |needles: &[&str]| -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if needles.iter().all(|n| line.contains(n)) => return line,
-                Ok(_) => {}
-                Err(_) => panic!("no log line with {needles:?} within 30 s"),
-            }
-        }
-    };
+    let rx = log_channel(&mut child);
+    let wait_for = |needles: &[&str]| wait_for_line(&rx, needles);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let status = |k: &str| {
         rt.block_on(get(&format!("http://{addr}{IMG}"), &[("x-api-key", k)]))
@@ -479,33 +459,6 @@ fn policy_eval_shows_what_each_example_decides() {
         "k-status-page",
     ]);
     assert!(out.contains("\"allow\":true"), "{out}");
-}
-
-/// The binary's stderr as lines on a channel, and a waiter for a line holding every needle.
-fn log_channel(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-fn wait_for_line(rx: &std::sync::mpsc::Receiver<String>, needles: &[&str]) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) if needles.iter().all(|n| line.contains(n)) => return line,
-            Ok(_) => {}
-            Err(_) => panic!("no log line with {needles:?} within 30 s"),
-        }
-    }
 }
 
 /// Issue 15, item 5: work Lua does in C (pattern matching, `rep`, error objects) no longer

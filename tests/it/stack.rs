@@ -400,3 +400,30 @@ fn killing_one_process_leaves_the_stack_serving() {
     let retried = format!("upstream={}, {}", addrs[0], addrs[1]);
     assert!(log.contains(&retried), "no retried request in:\n{log}");
 }
+
+/// Issue 17: a port someone else holds is refused with a message, never a "ready" line that
+/// points at the other server.
+#[test]
+fn a_busy_port_is_refused_without_a_ready_line() {
+    let dir = TempDir::new("stack-busy");
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port().to_string();
+    let out = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("nginx/run-stack.sh"))
+        .args(["--port", &port, "--processes", "1"])
+        .arg("--workdir")
+        .arg(dir.path("work"))
+        .args(["--bin", env!("CARGO_BIN_EXE_pixgate")])
+        .env("PIXGATE_LOG_LEVEL", "warn")
+        .output()
+        .expect("bash");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stdout}{stderr}");
+    assert!(!stdout.contains("stack ready"), "{stdout}");
+    assert!(
+        stderr.contains(&format!("port {port} is already in use")),
+        "{stderr}"
+    );
+    drop(holder);
+}

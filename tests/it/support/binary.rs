@@ -1,6 +1,8 @@
 //! The real `pixgate` binary: one run with its peak memory measured, or `pixgate serve` with
 //! the address from its `listening on` line.
 
+use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -85,9 +87,26 @@ pub fn spawn_binary_server() -> (std::process::Child, String) {
 /// [`spawn_binary_server`] with extra environment; with `capture_stderr` the log is left in
 /// `child.stderr` for the test to read.
 pub fn spawn_binary(env: &[(&str, &str)], capture_stderr: bool) -> (std::process::Child, String) {
+    spawn_binary_at(
+        Path::new(env!("CARGO_BIN_EXE_pixgate")),
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+        env,
+        capture_stderr,
+    )
+}
+
+/// [`spawn_binary`] of the binary at `bin`, run in `cwd` (an installed copy, away from the
+/// checkout).
+pub fn spawn_binary_at(
+    bin: &Path,
+    cwd: &Path,
+    env: &[(&str, &str)],
+    capture_stderr: bool,
+) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pixgate"))
+    let mut child = std::process::Command::new(bin)
+        .current_dir(cwd)
         .args(["serve", "--listen", "127.0.0.1:0"])
         // Several binaries run at once in the tests: no fixed metrics port.
         .env("PIXGATE_METRICS_LISTEN", "127.0.0.1:0")
@@ -117,4 +136,31 @@ pub fn spawn_binary(env: &[(&str, &str)], capture_stderr: bool) -> (std::process
         panic!("unexpected first line `{line}`; stderr: {err}");
     };
     (child, addr)
+}
+
+/// The binary's stderr as lines on a channel, and a waiter for a line holding every needle.
+pub fn log_channel(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+pub fn wait_for_line(rx: &std::sync::mpsc::Receiver<String>, needles: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if needles.iter().all(|n| line.contains(n)) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("no log line with {needles:?} within 30 s"),
+        }
+    }
 }

@@ -9,7 +9,10 @@ pub mod image;
 pub mod origin;
 pub mod server;
 
-pub use binary::{Run, run_pixgate, spawn_binary, spawn_binary_server};
+pub use binary::{
+    Run, log_channel, run_pixgate, spawn_binary, spawn_binary_at, spawn_binary_server,
+    wait_for_line,
+};
 pub use fixtures::{Row, TempDir, fixture, fixtures, manifest, path_str, read};
 pub use http::{Reply, get, post, request};
 pub use image::{avif_with_ispe, decode, diff, png};
