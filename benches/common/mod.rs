@@ -13,6 +13,12 @@ pub fn fixture(rel: &str) -> Vec<u8> {
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
+/// Whether this run measures (`cargo bench`, which passes `--bench`) or is `cargo test`'s
+/// smoke run of each benchmark once, where the reports and the slow variants are skipped.
+pub fn measuring() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
+
 /// Every JPEG photo of the fixtures, by file stem, sorted.
 pub fn photos() -> Vec<(String, Vec<u8>)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/photos");
