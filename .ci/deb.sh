@@ -4,13 +4,16 @@
 # from /usr/share/pixgate/samples, the shipped policy from /etc/pixgate/lua), verify the
 # systemd unit, remove the package and check nothing of it is left. Needs root.
 #
-# CI packages the test build's binary (`--profile dev`: the tests just built it; a release
-# build would add ~10 minutes on two cores). `cargo deb` alone builds the release package.
+# CI packages the binary the tests just built in target/debug (`--profile dev` is where
+# cargo-deb looks for it; a release build would add ~9 minutes on two cores). Run alone, it
+# builds that binary first. `cargo deb` without flags builds the release package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 command -v cargo-deb >/dev/null || cargo install cargo-deb --locked --quiet
-cargo build --locked --quiet --bin pixgate
+target_dir=$(cargo metadata --format-version 1 --no-deps |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+[ -x "$target_dir/debug/pixgate" ] || cargo build --locked --quiet --bin pixgate
 deb=$(cargo deb --no-build --profile dev --quiet 2>/dev/null | tail -n 1)
 [ -f "$deb" ] || deb=$(ls -t target/debian/pixgate_*.deb | head -n 1)
 echo "deb: built $deb ($(du -h "$deb" | cut -f1))"
