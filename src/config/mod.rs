@@ -330,7 +330,7 @@ pub fn load(
             .cloned()
             .unwrap_or(Origin::Flag("(built in)"));
         if !known.contains(&key.as_str()) {
-            let value = table.remove(&key);
+            table.remove(&key);
             let near = did_you_mean(&key, known);
             match (&origin, near) {
                 (Origin::Env(var), Some(k)) => problems.push(format!(
@@ -351,7 +351,6 @@ pub fn load(
                     origin.name(&key)
                 )),
             }
-            drop(value);
             continue;
         }
         // Each key alone over the defaults: its own type or unit error, under its name.
